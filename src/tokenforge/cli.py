@@ -1,0 +1,146 @@
+"""The `tokenforge` command: generate, methods, models, train-demo (and bench, serve, tokenizer)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from tokenforge.errors import TokenforgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="tokenforge: fast, lossless and guided decoding on any HF causal LM.")
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, str]:
+    """`key=value` strings -> dict (values are coerced to each option's type later)."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TokenforgeError(f"--option expects key=value, got '{pair}'")
+        options[key.strip()] = value.strip()
+    return options
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="the prompt text"),
+    model: str = typer.Option("demo", help="demo, demo-draft, a local directory or a hub id"),
+    method: str = typer.Option("vanilla", help="decoding method (see `tokenforge methods`)"),
+    draft_model: str = typer.Option(None, help="draft model for draft-model methods"),
+    max_new_tokens: int = typer.Option(128, help="tokens to generate at most"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_k: int = typer.Option(0, help="0 = off"),
+    top_p: float = typer.Option(1.0, help="1.0 = off"),
+    seed: int = typer.Option(None, help="sampling seed"),
+    stop: list[str] = typer.Option(None, help="stop string (repeatable)"),
+    option: list[str] = typer.Option(None, "--option", "-o", help="method option key=value"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda"),
+    dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
+    trust_remote_code: bool = typer.Option(False, help="run the model repo's own code"),
+    stats: bool = typer.Option(True, help="print generation stats to stderr"),
+):
+    """Generate a continuation of PROMPT, streaming it to stdout."""
+    from tokenforge import generate as run_generate
+    from tokenforge import load_model
+
+    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    draft = load_model(draft_model, device=device, dtype=dtype,
+                       trust_remote_code=trust_remote_code) if draft_model else None
+    sys.stdout.write(prompt)
+    result = run_generate(loaded, prompt, method=method, draft=draft,
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                          top_p=top_p, seed=seed, stop=stop or None,
+                          on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+                          **parse_options(option))
+    sys.stdout.write("\n")
+    if stats:
+        s = result.stats
+        typer.echo(f"[{method}] {s.new_tokens} tokens in {s.total_s:.2f}s "
+                   f"({s.tokens_per_s:.1f} tok/s), {s.target_forwards} target forwards, "
+                   f"{s.mean_accepted_tokens:.2f} tokens/forward, finish: {s.finish_reason}",
+                   err=True)
+
+
+@app.command()
+def methods():
+    """List every decoding method with its paper and options."""
+    from tokenforge.decoding.registry import all_methods
+
+    for m in all_methods():
+        typer.echo(f"{m.name}{'  (needs --draft-model)' if m.needs_draft else ''}")
+        typer.echo(f"    {m.summary}")
+        typer.echo(f"    paper: {m.paper}")
+        for key, opt in m.options.items():
+            typer.echo(f"    --option {key}={opt.default!s:<10} {opt.help}")
+
+
+@app.command()
+def models():
+    """List the bundled models."""
+    import json
+
+    from tokenforge.models.load import DEMO_DIR, DEMO_MODELS
+
+    record = DEMO_DIR / "training.json"
+    info = json.loads(record.read_text())["models"] if record.exists() else {}
+    for name, desc in DEMO_MODELS.items():
+        extra = info.get(name, {})
+        ppl = f", held-out perplexity {extra['heldout_perplexity']}" if extra else ""
+        typer.echo(f"{name:<11} {desc}{ppl}")
+    typer.echo("Any local directory with config.json + safetensors, or a hub id, also works.")
+
+
+@app.command("train-demo")
+def train_demo_cmd(
+    out: Path = typer.Option(None, help="output folder (default: the bundled demo folder)"),
+    target_steps: int = typer.Option(None, help="override the target's training steps"),
+    draft_steps: int = typer.Option(None, help="override the draft's training steps"),
+):
+    """Retrain the bundled tokenizer, demo target and demo draft (seeded; about an hour on 2 cores)."""
+    from tokenforge.models.train_demo import DEMO_DIR, TrainConfig, train_demo
+
+    cfg = TrainConfig()
+    if target_steps:
+        cfg.target_steps = target_steps
+    if draft_steps:
+        cfg.draft_steps = draft_steps
+    record = train_demo(out or DEMO_DIR, cfg, log=lambda msg: typer.echo(msg, err=True))
+    for name, stats in record["models"].items():
+        typer.echo(f"{name}: {stats['parameters']:,} parameters, held-out perplexity "
+                   f"{stats['heldout_perplexity']}, {stats['wall_time_s']}s, "
+                   f"{stats['file_bytes'] / 1e6:.1f} MB")
+
+
+def _register_optional_commands() -> None:
+    """Commands that live with their subsystem (each registers itself on `app` when present)."""
+    import importlib
+
+    for module in ("tokenforge.bench.cli", "tokenforge.serve.cli", "tokenforge.tokenizers.cli"):
+        try:
+            importlib.import_module(module).register(app)
+        except ModuleNotFoundError as err:
+            if not (err.name and module.startswith(err.name)):
+                raise
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except TokenforgeError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        raise SystemExit(1) from None
+    except Exception as err:  # click usage errors
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            raise SystemExit(err.exit_code) from None
+        raise

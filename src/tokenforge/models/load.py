@@ -1,0 +1,154 @@
+"""load_model("demo" | "demo-draft" | local directory | Hugging Face hub id) -> LoadedModel.
+
+Safe defaults: safetensors only, `trust_remote_code` off unless asked. On a GPU, `device="auto"`
+loads with `device_map="auto"` (accelerate) so that a model larger than one GPU is spread over all
+of them; the decoding loop is the same either way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tokenforge.errors import ModelLoadError
+
+DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_MODELS = {
+    "demo": "Llama, ~10M parameters, byte-level BPE (8k) trained on the Python stdlib",
+    "demo-draft": "Llama, ~1.4M parameters, same tokenizer; the draft for `demo`",
+}
+_HUB_ID = re.compile(r"[\w.\-]+(/[\w.\-]+)?")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def context_length(self) -> int | None:
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device '{device}' was asked for but torch sees no CUDA GPU "
+                             "(is a CUDA build of torch installed?); use --device cpu")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise ModelLoadError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype '{dtype}': use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _locate(spec: str) -> tuple[str, bool]:
+    """Return (path or hub id, is_local)."""
+    if spec in DEMO_MODELS:
+        path = DEMO_DIR / spec
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"the bundled model '{spec}' is missing from {path}: reinstall "
+                                 "tokenforge or rebuild it with `tokenforge train-demo`")
+        return str(path), True
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").exists():
+            raise ModelLoadError(f"'{spec}' is not a model directory (no config.json in it)")
+        if not any(path.glob("*.safetensors")):
+            raise ModelLoadError(f"'{spec}' has no .safetensors weights; tokenforge loads "
+                                 "safetensors only (convert .bin weights with safetensors first)")
+        return str(path), True
+    if spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(spec):
+        raise ModelLoadError(f"model path '{spec}' does not exist; pass a directory holding "
+                             f"config.json and safetensors, a hub id, or one of: "
+                             f"{', '.join(DEMO_MODELS)}")
+    return spec, False
+
+
+def load_model(spec: str, device: str = "auto", dtype: str | torch.dtype = "auto",
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer. See the module docstring for the defaults."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError("no model given: pass demo, demo-draft, a directory or a hub id")
+    source, local = _locate(spec)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        where = "" if local else (" from the Hugging Face hub (this machine may be offline or the "
+                                  "id may be wrong; download it where you have network and pass "
+                                  "the local directory)")
+        raise ModelLoadError(f"unknown model '{spec}': could not read its config{where}: "
+                             f"{str(err).splitlines()[0]}") from None
+    model_kwargs = dict(kwargs, dtype=torch_dtype, use_safetensors=True)
+    if device == "cuda" and torch.cuda.device_count() > 1 and _has_accelerate():
+        model_kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, **model_kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err) or "model type" in str(err):
+            raise ModelLoadError(f"'{spec}' is a {type(config).__name__} model, not a causal "
+                                 "language model; tokenforge needs an AutoModelForCausalLM") from None
+        raise ModelLoadError(f"could not load '{spec}': {str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise ModelLoadError(f"could not load the weights of '{spec}' (tokenforge loads "
+                             f"safetensors only): {str(err).splitlines()[0]}") from None
+    if "device_map" not in model_kwargs:
+        model.to(device)
+    model.eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"'{spec}' has no usable tokenizer: {str(err).splitlines()[0]}") from None
+    check_vocab(model, tokenizer, spec)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=spec)
+
+
+def check_vocab(model, tokenizer, name: str) -> None:
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelLoadError(f"tokenizer/model vocabulary mismatch for '{name}': the tokenizer has "
+                             f"{len(tokenizer)} tokens but the model only {rows} embedding rows; "
+                             "pair the model with the tokenizer it was trained with")
+
+
+def _has_accelerate() -> bool:
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        return False
+    return True

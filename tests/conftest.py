@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny random models of several families (float64, so that a tree forward and a
+plain forward agree to the last bit and greedy ties cannot flip) and the bundled demo model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
+from tokenforge.models.load import DEMO_DIR, LoadedModel, load_model
+
+TINY_VOCAB = 96
+
+
+def word_tokenizer(vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
+    """One token per space-separated word w0..w{n-1}; w0 doubles as EOS."""
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w1"))
+    from tokenizers import decoders, pre_tokenizers
+
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="w0", unk_token="w1")
+
+
+def tiny_model(family: str, vocab_size: int = TINY_VOCAB, seed: int = 0, eos: int | None = None,
+               layers: int = 2, hidden: int = 32) -> LoadedModel:
+    """A random model with peaked logits (large init) so that decoding is not uniform noise."""
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                              Qwen2Config, Qwen2ForCausalLM)
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    if family == "llama":
+        config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=2 * hidden,
+                             max_position_embeddings=512, initializer_range=0.3, **common)
+        model = LlamaForCausalLM(config)
+    elif family == "qwen2":
+        config = Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=2 * hidden,
+                             max_position_embeddings=512, initializer_range=0.3, **common)
+        model = Qwen2ForCausalLM(config)
+    elif family == "gpt2":
+        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
+                            initializer_range=0.3, **common)
+        model = GPT2LMHeadModel(config)
+    else:
+        raise ValueError(family)
+    model = model.double().eval()
+    return LoadedModel(model=model, tokenizer=word_tokenizer(vocab_size), name=f"tiny-{family}-{seed}")
+
+
+FAMILIES = ("llama", "qwen2", "gpt2")
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny(request) -> LoadedModel:
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def demo() -> LoadedModel:
+    if not (DEMO_DIR / "demo" / "model.safetensors").exists():
+        pytest.fail("the bundled demo model is missing: run `tokenforge train-demo`")
+    return load_model("demo", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_draft() -> LoadedModel:
+    return load_model("demo-draft", device="cpu")
