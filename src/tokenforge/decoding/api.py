@@ -63,8 +63,12 @@ def generate(model: LoadedModel, prompt: str | list[int], method: str = "vanilla
     elif options:
         raise InvalidOptionError("pass options to make_drafter when you pass a drafter")
     prompt_ids = encode_prompt(model, prompt)
-    ids, text, stats = engine.run(model.model, model.tokenizer, prompt_ids, drafter, sampling,
-                                  max_new_tokens, model.context_length, stop, on_text)
+    if hasattr(drafter, "generate_ids"):  # a schedule that changes the loop itself (e.g. PEARL)
+        ids, text, stats = drafter.generate_ids(model.model, model.tokenizer, prompt_ids, sampling,
+                                                max_new_tokens, model.context_length, stop, on_text)
+    else:
+        ids, text, stats = engine.run(model.model, model.tokenizer, prompt_ids, drafter, sampling,
+                                      max_new_tokens, model.context_length, stop, on_text)
     return Generation(text=text, token_ids=ids, stats=stats, method=method)
 
 

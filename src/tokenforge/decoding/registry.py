@@ -92,8 +92,14 @@ def all_methods() -> list[Method]:
 
 
 def _load_builtin() -> None:
-    # importing each module registers its method(s)
-    from tokenforge.decoding.drafters import aded, pld, token_recycling  # noqa: F401
+    """Import every module of the method packages: each registers its method(s) on import."""
+    import importlib
+    import pkgutil
+
+    for package in ("drafters", "schedules", "strategies"):
+        pkg = importlib.import_module(f"tokenforge.decoding.{package}")
+        for info in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
 
 
 register(Method("vanilla", "-", "plain autoregressive decoding with a KV cache (the reference)",
