@@ -3,12 +3,16 @@ plain forward agree to the last bit and greedy ties cannot flip) and the bundled
 
 from __future__ import annotations
 
-import pytest
-import torch
-from tokenizers import Tokenizer, models
-from transformers import PreTrainedTokenizerFast
+import os
 
-from tokenforge.models.load import DEMO_DIR, LoadedModel, load_model
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at test time: fail fast instead of retrying
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from tokenforge.models.load import DEMO_DIR, LoadedModel, load_model  # noqa: E402
 
 TINY_VOCAB = 96
 
@@ -17,11 +21,10 @@ def word_tokenizer(vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
     """One token per space-separated word w0..w{n-1}; w0 doubles as EOS."""
     vocab = {f"w{i}": i for i in range(vocab_size)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="w1"))
-    from tokenizers import decoders, pre_tokenizers
-
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="w0", unk_token="w1")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="w0", unk_token="w1",
+                                   pad_token="w0")
 
 
 def tiny_model(family: str, vocab_size: int = TINY_VOCAB, seed: int = 0, eos: int | None = None,
@@ -70,3 +73,14 @@ def demo() -> LoadedModel:
 @pytest.fixture(scope="session")
 def demo_draft() -> LoadedModel:
     return load_model("demo-draft", device="cpu")
+
+
+def prompts(n: int, vocab_size: int = TINY_VOCAB, seed: int = 0) -> list[list[int]]:
+    """n token-id prompts of 4-24 tokens; half repeat a phrase, so lookup drafters find matches."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = int(torch.randint(4, 25, (1,), generator=gen))
+        ids = torch.randint(1, vocab_size, (length,), generator=gen).tolist()
+        out.append(ids * 2 if i % 2 else ids)
+    return out

@@ -45,7 +45,9 @@ def generate(
     """Generate a continuation of PROMPT, streaming it to stdout."""
     from tokenforge import generate as run_generate
     from tokenforge import load_model
+    from tokenforge.decoding.registry import get_method
 
+    get_method(method).resolve_options(parse_options(option))  # fail before loading a model
     loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     draft = load_model(draft_model, device=device, dtype=dtype,
                        trust_remote_code=trust_remote_code) if draft_model else None
@@ -118,7 +120,8 @@ def _register_optional_commands() -> None:
     """Commands that live with their subsystem (each registers itself on `app` when present)."""
     import importlib
 
-    for module in ("tokenforge.bench.cli", "tokenforge.serve.cli", "tokenforge.tokenizers.cli"):
+    for module in ("tokenforge.bench.cli", "tokenforge.serve.cli", "tokenforge.tokenization.cli",
+                   "tokenforge.models.distill"):
         try:
             importlib.import_module(module).register(app)
         except ModuleNotFoundError as err:

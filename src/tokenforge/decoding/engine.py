@@ -116,9 +116,11 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 def run(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
         sampling: SamplingParams, max_new_tokens: int, context: int | None,
         stop: list[str] | None = None, on_text: Callable[[str], None] | None = None,
-        step_hook: Callable[[object], None] | None = None) -> tuple[list[int], str, GenerationStats]:
+        step_hook: Callable[[object, list[int]], None] | None = None,
+        ) -> tuple[list[int], str, GenerationStats]:
     """Generate from `prompt_ids`; returns (new token ids, text, stats). Inputs are validated by
-    the caller (api.generate). `step_hook(cache)` runs after every commit (used by the tests)."""
+    the caller (api.generate). `step_hook(cache, committed_tokens)` runs after every commit that
+    does not finish the generation (the tests check the KV invariant with it)."""
     start = time.perf_counter()
     device = next(model.parameters()).device
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
@@ -134,10 +136,12 @@ def run(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
         logits = kv.cached_forward(model, torch.tensor([prompt_ids], device=device), cache)
         stats.target_forwards = 1
         done = stopper.add([sampling.sample(logits[-1], gen) if gen else int(logits[-1].argmax())])
-        if step_hook:
-            step_hook(cache)
+        if step_hook and not done:
+            step_hook(cache, prompt_ids + stopper.tokens)
         if drafter is not None:
             t = time.perf_counter()
+            if hasattr(drafter, "set_sampling"):  # stochastic drafters sample with the same params
+                drafter.set_sampling(sampling)
             drafter.begin(list(prompt_ids))
             stats.draft_s += time.perf_counter() - t
         while not done:
@@ -168,8 +172,8 @@ def run(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
                 drafter.feedback(tree, logits, result)
                 stats.draft_s += time.perf_counter() - t
             done = stopper.add(result.tokens)
-            if step_hook:
-                step_hook(cache)
+            if step_hook and not done:
+                step_hook(cache, prompt_ids + stopper.tokens)
 
     text = stopper.text if (stop or on_text) else tokenizer.decode(stopper.tokens,
                                                                    skip_special_tokens=True)

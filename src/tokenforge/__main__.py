@@ -1,0 +1,3 @@
+from tokenforge.cli import main
+
+main()

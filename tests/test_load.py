@@ -1,0 +1,94 @@
+"""Model loading: bundled models, local directories, and the clear errors for everything else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tokenforge.errors import ModelLoadError
+from tokenforge.models.load import DEMO_MODELS, load_model
+from tests.conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    loaded = tiny_model("qwen2")
+    path = tmp_path_factory.mktemp("tiny")
+    loaded.model.save_pretrained(path, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(path)
+    return path
+
+
+def test_local_directory_loads_with_safe_defaults(saved_tiny):
+    loaded = load_model(str(saved_tiny), device="cpu", dtype="float32")
+    assert loaded.dtype == torch.float32 and loaded.device.type == "cpu"
+    assert loaded.context_length == 512
+    assert not loaded.model.training
+
+
+def test_bundled_models_load():
+    for name in DEMO_MODELS:
+        loaded = load_model(name, device="cpu")
+        assert loaded.name == name and loaded.dtype == torch.float32
+        assert loaded.context_length >= 1024
+        assert len(loaded.tokenizer) <= loaded.model.get_input_embeddings().num_embeddings
+
+
+def test_missing_path():
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model("./no/such/model")
+
+
+def test_unknown_hub_id_names_the_cause():
+    with pytest.raises(ModelLoadError, match="unknown model 'someone/not-a-model'.*hub"):
+        load_model("someone/not-a-model")
+
+
+def test_pickle_weights_are_refused(saved_tiny, tmp_path):
+    (tmp_path / "config.json").write_text((saved_tiny / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match="safetensors only"):
+        load_model(str(tmp_path))
+
+
+def test_not_a_causal_lm(tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
+                                     hidden_dim=32)).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="not a causal language model"):
+        load_model(str(tmp_path))
+
+
+def test_vocabulary_mismatch(saved_tiny, tmp_path):
+    from tests.conftest import word_tokenizer
+
+    small = tiny_model("llama", vocab_size=32)
+    small.model.save_pretrained(tmp_path)
+    word_tokenizer(96).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="vocabulary mismatch"):
+        load_model(str(tmp_path))
+
+
+def test_bad_device_and_dtype(saved_tiny):
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        load_model(str(saved_tiny), dtype="float8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+            load_model(str(saved_tiny), device="cuda")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["generate", "--model", "./missing", "x"], "does not exist"),
+    (["generate", "--method", "nope", "w1"], "unknown method"),
+    (["generate", "--max-new-tokens", "0", "x"], "max_new_tokens"),
+])
+def test_cli_prints_error_without_traceback(args, words):
+    proc = subprocess.run([sys.executable, "-m", "tokenforge", *args], capture_output=True,
+                          text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert proc.returncode != 0
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr
