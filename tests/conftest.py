@@ -30,8 +30,14 @@ def word_tokenizer(vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
 def tiny_model(family: str, vocab_size: int = TINY_VOCAB, seed: int = 0, eos: int | None = None,
                layers: int = 2, hidden: int = 32) -> LoadedModel:
     """A random model with peaked logits (large init) so that decoding is not uniform noise."""
-    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                              Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)

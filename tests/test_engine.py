@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import tokenforge
+from tests.conftest import FAMILIES, prompts, tiny_model
 from tokenforge.decoding import engine, kv
 from tokenforge.decoding.api import make_drafter
 from tokenforge.decoding.sampling import SamplingParams
 from tokenforge.decoding.tree import TokenTree
 from tokenforge.errors import UnsupportedModelError
-from tests.conftest import FAMILIES, prompts, tiny_model
 
 DRAFTERS = ("pld", "token-recycling", "aded")
 # trees that draft something on tiny models (pld's tree option merges several matches)

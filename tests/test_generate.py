@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import tokenforge
+from tests.conftest import prompts, tiny_model
 from tokenforge.decoding.sampling import SamplingParams
 from tokenforge.errors import InvalidOptionError, PromptError
-from tests.conftest import prompts, tiny_model
 
 
 def hf_greedy(loaded, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
+from tests.conftest import tiny_model
 from tokenforge.errors import ModelLoadError
 from tokenforge.models.load import DEMO_MODELS, load_model
-from tests.conftest import tiny_model
 
 
 @pytest.fixture(scope="module")

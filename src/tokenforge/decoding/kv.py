@@ -7,7 +7,7 @@ in 5.40); `cached_forward` passes whichever name the model's forward takes.
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -20,7 +20,7 @@ def new_cache(model):
     return DynamicCache(config=model.config)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cache_arg(model_class: type) -> str:
     params = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in params else "past_key_values"

@@ -254,4 +254,52 @@ def train_demo(out: Path = DEMO_DIR, cfg: TrainConfig | None = None, log=print) 
         log(f"{name}: {stats['parameters']:,} params, held-out ppl {stats['heldout_perplexity']}")
     record["total_wall_time_s"] = round(time.time() - t0, 1)
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card(record))
     return record
+
+
+def describe(shape: dict) -> str:
+    tied = "tied" if shape["tie_word_embeddings"] else "separate"
+    return (f"hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, "
+            f"{shape['num_attention_heads']} heads ({shape['num_key_value_heads']} KV heads), "
+            f"MLP {shape['intermediate_size']}, {tied} input/output embeddings")
+
+
+def model_card(record: dict) -> str:
+    rows = "\n".join(
+        f"| `{name}` | {m['parameters']:,} | {m['steps']} | {m['tokens_seen']:,} | "
+        f"{m['heldout_loss']} | {m['heldout_perplexity']} | {m['wall_time_s'] / 60:.0f} min | "
+        f"{m['file_bytes'] / 1e6:.1f} MB |"
+        for name, m in record["models"].items())
+    cfg, corpus = record["config"], record["corpus"]
+    return f"""# tokenforge demo models
+
+**These are demo models for mechanics and benchmarks, not useful assistants.** They continue
+Python source in the style of the standard library, often plausibly, never reliably. Use them to
+see decoding methods work, to test, and to benchmark; do not use their output for anything.
+
+| model | parameters | steps | tokens seen | held-out loss | held-out perplexity | training | weights |
+|---|---|---|---|---|---|---|---|
+{rows}
+
+- Architecture: Llama (RoPE, SwiGLU, grouped-query attention), context {cfg['context']} positions,
+  trained on windows of {cfg['seq_len']} tokens. `demo`: {describe(cfg['target'])}.
+  `demo-draft`: {describe(cfg['draft'])}.
+  Weights are stored as float16 safetensors and load as float32 on a CPU.
+- Tokenizer: byte-level BPE, {cfg['vocab_size']} tokens (HF `tokenizers`), one special token
+  `<|endoftext|>` (BOS, EOS and padding), shared by both models.
+- Corpus: the `.py` files of the Python {record['python']} standard library of the training
+  interpreter, test suites (`test`, `tests`, `idle_test`) and site-packages excluded;
+  {corpus['train_files']} training files ({corpus['train_tokens']:,} tokens) and
+  {len(corpus['heldout_files'])} whole files held out by path hash ({corpus['heldout_tokens']:,}
+  tokens), file-list SHA-256 `{corpus['file_list_sha256'][:16]}…`. The held-out files are listed in
+  `training.json`; held-out loss is the mean next-token loss over {cfg['eval_windows']} windows.
+- Training: AdamW (lr {cfg['lr']}, cosine to 10%, {cfg['warmup']} warm-up steps, weight decay 0.1),
+  batch {cfg['batch_size']} x {cfg['seq_len']} tokens, bfloat16 autocast on CPU, seed
+  {cfg['seed']}, {cfg['threads']} thread(s), torch {record['torch']}; total wall time
+  {record['total_wall_time_s'] / 60:.0f} min on a 2-core CPU shared with other work.
+- Reproduce: `tokenforge train-demo` (writes these files, `training.json` with the loss curves,
+  and this card). Results match when the Python version (hence the corpus) is the same.
+- Licence: the corpus is the CPython standard library (PSF License); the weights are released with
+  tokenforge.
+"""
