@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
 import torch
 
 
@@ -63,15 +64,13 @@ class TokenTree:
         """(1, 1, 1 + n, prefix_len + 1 + n) mask: every row sees the prefix, the root, its
         ancestors and itself. Bool by default (True = attend), additive float if `dtype` is given."""
         q = len(self) + 1
-        tree = torch.zeros(q, q, dtype=torch.bool)
-        tree[:, 0] = True
+        ancestors = np.zeros((q, q), dtype=bool)  # row = query node, True = may attend
+        ancestors[0, 0] = True
         for i, parent in enumerate(self.parents):
-            row = i + 1
-            tree[row] = tree[parent + 1]
-            tree[row, row] = True
-        tree[0, 0] = True
-        mask = torch.cat([torch.ones(q, prefix_len, dtype=torch.bool), tree], dim=1)[None, None]
-        mask = mask.to(device)
+            ancestors[i + 1] = ancestors[parent + 1]
+            ancestors[i + 1, i + 1] = True
+        mask = np.concatenate([np.ones((q, prefix_len), dtype=bool), ancestors], axis=1)
+        mask = torch.from_numpy(mask)[None, None].to(device)
         if dtype is None:
             return mask
         return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(
