@@ -25,7 +25,7 @@ def encode_prompt(loaded: LoadedModel, prompt: str | list[int]) -> list[int]:
     if isinstance(prompt, str):
         if not prompt:
             raise PromptError("the prompt is empty: give at least one character of text")
-        ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = loaded.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
     else:
         ids = [int(t) for t in prompt]
     if not ids:

@@ -99,6 +99,9 @@ def load_model(spec: str, device: str = "auto", dtype: str | torch.dtype = "auto
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer. See the module docstring for the defaults."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # tokenforge prints its own progress
 
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError("no model given: pass demo, demo-draft, a directory or a hub id")

@@ -148,12 +148,14 @@ def batches(stream: np.ndarray, seq_len: int, batch_size: int, gen: np.random.Ge
 
 @torch.no_grad()
 def evaluate(model, stream: np.ndarray, seq_len: int, windows: int) -> float:
-    """Mean next-token loss over evenly spaced, non-overlapping windows of the held-out stream."""
+    """Mean next-token loss over `windows` non-overlapping windows spread evenly over the whole
+    held-out stream (so that every held-out file weighs in, not just the first ones)."""
     model.eval()
     n = min(windows, (len(stream) - 1) // seq_len)
+    starts = np.linspace(0, len(stream) - seq_len - 1, n).astype(int)
     losses = []
-    for i in range(n):
-        block = torch.from_numpy(stream[i * seq_len : i * seq_len + seq_len + 1].astype(np.int64))
+    for start in starts:
+        block = torch.from_numpy(stream[start : start + seq_len + 1].astype(np.int64))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(input_ids=block[None, :-1]).logits
         losses.append(torch.nn.functional.cross_entropy(logits[0].float(), block[1:]).item())
