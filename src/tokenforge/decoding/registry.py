@@ -60,8 +60,8 @@ def coerce(key: str, value, default):
             return float(value)
         return type(default)(value)
     except (TypeError, ValueError):
-        kind = {bool: "boolean", int: "integer", float: "number"}.get(type(default), "string")
-        raise InvalidOptionError(f"option '{key}' expects a {kind}, got {value!r}") from None
+        kind = {bool: "a boolean", int: "an integer", float: "a number"}.get(type(default), "a string")
+        raise InvalidOptionError(f"option '{key}' expects {kind}, got {value!r}") from None
 
 
 def require_positive(**values) -> None:

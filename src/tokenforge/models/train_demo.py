@@ -274,6 +274,7 @@ def model_card(record: dict) -> str:
         f"{m['file_bytes'] / 1e6:.1f} MB |"
         for name, m in record["models"].items())
     cfg, corpus = record["config"], record["corpus"]
+    note = f"- Note: {record['heldout_note']}\n" if "heldout_note" in record else ""
     return f"""# tokenforge demo models
 
 **These are demo models for mechanics and benchmarks, not useful assistants.** They continue
@@ -300,7 +301,7 @@ see decoding methods work, to test, and to benchmark; do not use their output fo
   batch {cfg['batch_size']} x {cfg['seq_len']} tokens, bfloat16 autocast on CPU, seed
   {cfg['seed']}, {cfg['threads']} thread(s), torch {record['torch']}; total wall time
   {record['total_wall_time_s'] / 60:.0f} min on a 2-core CPU shared with other work.
-- Reproduce: `tokenforge train-demo` (writes these files, `training.json` with the loss curves,
+{note}- Reproduce: `tokenforge train-demo` (writes these files, `training.json` with the loss curves,
   and this card). Results match when the Python version (hence the corpus) is the same.
 - Licence: the corpus is the CPython standard library (PSF License); the weights are released with
   tokenforge.
