@@ -79,6 +79,11 @@ def test_sampling_params_filters():
     assert full[0] < 0.7 < full[0] + full[1]  # so exactly two tokens survive
     assert (p > 0).sum() == 2
     assert torch.equal(SamplingParams().probs(logits), torch.tensor([1.0, 0, 0, 0, 0]))
+    # extreme values stay finite: a vanishing top_p keeps the top token, a vanishing temperature
+    # is greedy instead of overflowing
+    assert torch.equal(SamplingParams(temperature=1.0, top_p=5e-324).probs(logits), full.new_tensor(
+        [1.0, 0, 0, 0, 0]))
+    assert SamplingParams(temperature=5e-324).greedy
 
 
 def test_stop_strings_and_streaming(demo):

@@ -44,12 +44,13 @@ def generate(model: LoadedModel, prompt: str | list[int], method: str = "vanilla
              max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None, stop: list[str] | str | None = None,
              on_text: Callable[[str], None] | None = None, draft: LoadedModel | None = None,
-             drafter=None, **options) -> Generation:
+             drafter=None, should_stop: Callable[[], bool] | None = None, **options) -> Generation:
     """Decode `prompt` with `method`; greedy unless `temperature` > 0.
 
     `options` are the method's own (see `tokenforge methods`); `draft` is the draft model for the
-    draft-model methods; `on_text` receives text as it is produced; `drafter` reuses a drafter
-    built by `make_drafter` (the benchmark does, to keep drafter state across prompts).
+    draft-model methods; `on_text` receives text as it is produced; `should_stop()` is asked
+    before every step (True ends the generation, finish_reason "cancelled"); `drafter` reuses a
+    drafter built by `make_drafter` (the benchmark does, to keep drafter state across prompts).
     """
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
         raise InvalidOptionError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -68,7 +69,8 @@ def generate(model: LoadedModel, prompt: str | list[int], method: str = "vanilla
                                                 max_new_tokens, model.context_length, stop, on_text)
     else:
         ids, text, stats = engine.run(model.model, model.tokenizer, prompt_ids, drafter, sampling,
-                                      max_new_tokens, model.context_length, stop, on_text)
+                                      max_new_tokens, model.context_length, stop, on_text,
+                                      should_stop=should_stop)
     return Generation(text=text, token_ids=ids, stats=stats, method=method)
 
 

@@ -43,7 +43,7 @@ class GenerationStats:
     verify_s: float = 0.0
     other_s: float = 0.0
     total_s: float = 0.0
-    finish_reason: str = "length"  # length | eos | stop | context
+    finish_reason: str = "length"  # length | eos | stop | context | cancelled
 
     @property
     def mean_accepted_tokens(self) -> float:
@@ -117,10 +117,12 @@ def run(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
         sampling: SamplingParams, max_new_tokens: int, context: int | None,
         stop: list[str] | None = None, on_text: Callable[[str], None] | None = None,
         step_hook: Callable[[object, list[int]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
         ) -> tuple[list[int], str, GenerationStats]:
     """Generate from `prompt_ids`; returns (new token ids, text, stats). Inputs are validated by
     the caller (api.generate). `step_hook(cache, committed_tokens)` runs after every commit that
-    does not finish the generation (the tests check the KV invariant with it)."""
+    does not finish the generation (the tests check the KV invariant with it). `should_stop()` is
+    asked before every step; True ends the generation with finish_reason "cancelled"."""
     start = time.perf_counter()
     device = next(model.parameters()).device
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
@@ -145,6 +147,9 @@ def run(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
             drafter.begin(list(prompt_ids))
             stats.draft_s += time.perf_counter() - t
         while not done:
+            if should_stop and should_stop():
+                stopper.reason = "cancelled"
+                break
             tokens = prompt_ids + stopper.tokens
             prefix_len = len(tokens) - 1
             if prefix_len + 1 >= limit:

@@ -8,10 +8,13 @@ import torch
 
 from tokenforge.errors import InvalidOptionError
 
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
+    """temperature 0 (or below 1e-5, where logits / T would overflow) means greedy; top_k 0 and
+    top_p 1.0 disable those filters. top-p always keeps the most likely token."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -28,7 +31,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
     def generator(self) -> torch.Generator:
         """A CPU generator: all sampling draws happen on the CPU, so a seed reproduces anywhere."""
@@ -52,6 +55,7 @@ class SamplingParams:
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
             cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
             drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) >= self.top_p
+            drop_sorted[..., 0] = False
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
         return torch.softmax(logits, dim=-1)
