@@ -1,0 +1,1 @@
+"""The benchmark harness behind `tokenforge bench`: datasets, runner, baselines and reports."""

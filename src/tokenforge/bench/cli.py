@@ -1,0 +1,73 @@
+"""`tokenforge bench`: registered on the main typer app by `tokenforge.cli`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tokenforge.errors import InvalidOptionError
+
+
+def parse_method_options(pairs: list[str] | None) -> dict[str, dict[str, str]]:
+    """`method.key=value` strings -> {method: {key: value}} (typed later by the method's schema)."""
+    options: dict[str, dict[str, str]] = {}
+    for pair in pairs or []:
+        target, sep, value = pair.partition("=")
+        method, dot, key = target.partition(".")
+        if not (sep and dot and method.strip() and key.strip()):
+            raise InvalidOptionError(f"--method-option expects method.key=value (e.g. "
+                                     f"token-recycling.tree_size=24), got '{pair}'")
+        options.setdefault(method.strip(), {})[key.strip()] = value.strip()
+    return options
+
+
+def bench(
+    model: Annotated[str, typer.Option(help="target model: demo, a local directory or a hub id")],
+    methods: Annotated[str, typer.Option(
+        help="comma-separated methods and baselines (vanilla, pld, ..., hf-greedy, hf-pld, "
+             "hf-assisted) or all; vanilla always runs")],
+    dataset: Annotated[str, typer.Option(
+        help="humaneval, stdlib-heldout, or a .jsonl file (Spec-Bench question.jsonl or "
+             "{\"prompt\": ...} lines)")],
+    out: Annotated[Path, typer.Option(help="folder for results.json, report.md, speedup.png")],
+    draft_model: Annotated[str | None, typer.Option(
+        help="draft model (hf-assisted and the draft-model methods)")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="measure the first N prompts that fit the context")] = None,
+    category: Annotated[str | None, typer.Option(help="only prompts of this category")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="new tokens per prompt at most")] = 128,
+    temperature: Annotated[float, typer.Option(
+        help="0 = greedy; > 0 samples (the lossless rate is then informational)")] = 0.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16")] = "auto",
+    repeats: Annotated[int, typer.Option(
+        help="time each prompt R times and keep the median")] = 1,
+    warmup: Annotated[int, typer.Option(help="untimed warm-up generations per method")] = 1,
+    seed: Annotated[int, typer.Option(
+        help="sampling seed of the first prompt (prompt i gets seed + i)")] = 0,
+    method_option: Annotated[list[str] | None, typer.Option(
+        "--method-option", "-m", help="method.key=value (repeatable)")] = None,
+    progress: Annotated[bool, typer.Option(help="live progress bar on stderr")] = True,
+):
+    """Benchmark decoding methods against vanilla and the transformers baselines, same prompts."""
+    from tokenforge.bench.report import markdown_table, write_outputs
+    from tokenforge.bench.runner import BenchConfig, run_bench
+
+    config = BenchConfig(
+        model=model, methods=[m.strip() for m in methods.split(",") if m.strip()],
+        dataset=dataset, draft_model=draft_model, limit=limit, category=category,
+        max_new_tokens=max_new_tokens, temperature=temperature, device=device, dtype=dtype,
+        repeats=repeats, warmup=warmup, seed=seed,
+        method_options=parse_method_options(method_option))
+    result = run_bench(config, progress=progress)
+    data = write_outputs(result, out, shlex.join(["tokenforge", *sys.argv[1:]]))
+    typer.echo(markdown_table(data))
+    typer.echo(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'speedup.png'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
