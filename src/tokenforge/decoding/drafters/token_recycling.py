@@ -15,8 +15,9 @@ score, so every prefix of a template is itself a valid tree. `paper-80` has the 
 80-node depth profile 8/21/25/15/8/3; `narrow-24` is a smaller, deeper one for CPUs.
 
 Tree size: `tree_size=auto` (default) measures, on the current device, the target's forward cost
-for each prefix size of the template, and during the first `explore_steps` steps of the process
-runs the full template while recording how many tokens each prefix would have accepted (exact in
+for each prefix size of the template (once per process, when the first generation begins), and
+during the first `explore_steps` steps of the process runs the full template while recording how
+many tokens each prefix would have accepted (exact in
 greedy mode: the accepted path of a prefix tree is the full tree's path cut where it leaves the
 prefix). It then keeps the size with the most expected tokens per second. `tree_size=N` fixes it.
 
@@ -136,6 +137,13 @@ class TokenRecycling(Drafter):
                                      f"{self.state.matrix.shape} (vocab x k) for this model")
         self.state.matrix[:] = loaded
 
+    def begin(self, prompt_ids: list[int]) -> None:
+        """Measure the forward costs once per process, before the first draft, so that the cost
+        of measuring lands in the first generation's start and not in the middle of a later one."""
+        state = self.state
+        if self.fixed_size is None and state.tree_size is None and not state.cost_by_size:
+            state.cost_by_size = measure_costs(self.target.model, self.template, self.sizes)
+
     @property
     def tree_size(self) -> int:
         if self.fixed_size is not None:
@@ -184,8 +192,6 @@ class TokenRecycling(Drafter):
 
     def _choose_size(self) -> int:
         state = self.state
-        if not state.cost_by_size:
-            state.cost_by_size = measure_costs(self.target.model, self.template, self.sizes)
         score = {n: (1 + state.accepted_by_size.get(n, 0) / state.explored) / state.cost_by_size[n]
                  for n in self.sizes}
         return max(score, key=score.get)
