@@ -14,7 +14,7 @@ do not contribute to the loss. The selection follows the authors' released train
 
 Data: the same stdlib training files as the demo models (train_demo.split_corpus), a seeded
 subset of `files` of them, random windows of `seq_len` tokens; held-out files are never used.
-Options (DistillConfig): steps=150, batch_size=8, seq_len=256, lr=3e-4 (cosine to 10%, 10 warm-up
+Options (DistillConfig): steps=400, batch_size=8, seq_len=256, lr=3e-4 (cosine to 10%, 10 warm-up
 steps), keep=0.4, files=400, seed=0; bf16 autocast on the CPU as in train_demo.
 Differences from the paper: the paper distils on task data for epochs; we fine-tune an already
 trained draft for a fixed number of steps on generic code, and the reference is the plain-KD
@@ -38,7 +38,7 @@ from tokenforge.models.load import LoadedModel, load_model
 
 @dataclass
 class DistillConfig:
-    steps: int = 150
+    steps: int = 400
     batch_size: int = 8
     seq_len: int = 256
     lr: float = 3e-4

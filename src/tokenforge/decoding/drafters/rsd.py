@@ -1,0 +1,124 @@
+"""RSD: recursive speculative decoding, draft trees whose siblings are drawn without replacement.
+
+Paper: Jeon et al., "Recursive Speculative Decoding: Accelerating LLM Inference via Sampling
+Without Replacement", arXiv 2402.14160.
+
+Algorithm: the draft model builds a tree level by level (one batched draft forward with tree
+attention per level). Siblings are a sample without replacement from the draft's q at their
+parent, so no token is drafted twice under one parent:
+- RSD-C (variant=c): a constant branching per depth (`branches`, e.g. 4,2,2,1); each node's
+  children are the Gumbel-top-k of log q (top-k of log q + Gumbel noise), which is an ordered
+  sample without replacement.
+- RSD-S (variant=s): stochastic beam search (Kool et al. 2019) with `beam` sequences and `depth`
+  levels: every beam node's children get Gumbel-perturbed path log-probabilities, conditioned on
+  their parent's perturbed value, and the best `beam` of the whole level survive.
+Greedy mode replaces the Gumbel draws by the deterministic top-k (RSD-C) or plain beam search
+(RSD-S). Verification is verify.py's recursive rejection sampling: x is accepted with probability
+min(1, p(x) / q(x)); on rejection p <- norm(max(0, p - q)) and q drops x and is renormalised.
+
+Options: variant=s, branches=4,2,2,1 (RSD-C), beam=4 and depth=5 (RSD-S).
+Differences from the paper: none in the draft or the verification; the defaults are sized for
+the demo pair on a CPU rather than the paper's GPU budgets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokenforge.decoding.drafters.draft_model import TreeDrafter
+from tokenforge.decoding.registry import Method, Option, register, require_positive
+from tokenforge.decoding.tree import TokenTree
+from tokenforge.errors import InvalidOptionError
+
+
+class RSD(TreeDrafter):
+    name = "rsd"
+
+    def __init__(self, target, draft, variant: str = "s", branches: str = "4,2,2,1",
+                 beam: int = 4, depth: int = 5):
+        try:
+            self.branches = [int(b) for b in str(branches).split(",")]
+        except ValueError:
+            raise InvalidOptionError(f"rsd: branches must be comma-separated integers, got "
+                                     f"{branches!r}") from None
+        require_positive(beam=beam, depth=depth, **{f"branches[{i}]": b
+                                                      for i, b in enumerate(self.branches)})
+        super().__init__(target, draft)
+        self.variant, self.beam, self.depth = variant, beam, depth
+
+    def propose(self, tokens: list[int], max_depth: int) -> TokenTree:
+        levels = len(self.branches) if self.variant == "c" else self.depth
+        levels = self.lm.room(len(tokens), min(levels, max_depth))
+        if levels <= 0:
+            return TokenTree()
+        q = self.start_tree(tokens)
+        if self.variant == "c":
+            self._constant_branching(q, levels)
+        else:
+            self._stochastic_beam(q, levels)
+        return self.tree()
+
+    def _constant_branching(self, q_root: torch.Tensor, levels: int) -> None:
+        level, qs = [-1], [q_root]
+        for d in range(levels):
+            new = [self.add(token, parent) for parent, q in zip(level, qs)
+                   for token in self._without_replacement(q, self.branches[d])]
+            if d + 1 < levels:
+                level, qs = new, self.expand(new)
+
+    def _without_replacement(self, q: torch.Tensor, k: int) -> list[int]:
+        """Gumbel-top-k of log q: k distinct tokens in the order of sequential draws (greedy:
+        the top k)."""
+        k = min(k, int((q > 0).sum()))
+        scores = q.double().log()
+        if self.gen is not None:
+            scores = scores + gumbel(scores.shape, self.gen)
+        return torch.topk(scores, k).indices.tolist()
+
+    def _stochastic_beam(self, q_root: torch.Tensor, levels: int) -> None:
+        level, qs = [-1], [q_root]
+        logp = torch.zeros(1, dtype=torch.float64)  # path log-probability of each beam node
+        perturbed = torch.zeros(1, dtype=torch.float64)  # its Gumbel-perturbed value (root: 0)
+        for d in range(levels):
+            phi = logp[:, None] + torch.stack(qs).double().log()
+            score = phi
+            if self.gen is not None:
+                g = phi + gumbel(phi.shape, self.gen)
+                score = conditional_gumbel(perturbed[:, None], g.max(-1, keepdim=True).values, g)
+            k = min(self.beam, int(torch.isfinite(score).sum()))
+            best, index = torch.topk(score.flatten(), k)  # descending, so siblings in draw order
+            vocab = score.shape[1]
+            new = [self.add(i % vocab, level[i // vocab]) for i in index.tolist()]
+            if d + 1 < levels:
+                level, qs = new, self.expand(new)
+                logp, perturbed = phi.flatten()[index], best
+
+
+def gumbel(shape, gen: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=gen, dtype=torch.float64).clamp_(min=1e-300)
+    return -torch.log(-torch.log(u))
+
+
+def conditional_gumbel(top: torch.Tensor, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Gumbels g with maximum z shifted to have maximum `top` (Kool et al. 2019, appendix B.3):
+    -log(exp(-top) - exp(-z) + exp(-g)), computed stably."""
+    a = g - z  # <= 0
+    log1mexp = torch.where(a > -0.6931, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+    v = top - g + log1mexp
+    return top - torch.relu(v) - torch.log1p(torch.exp(-v.abs()))
+
+
+register(Method(
+    "rsd", "Recursive Speculative Decoding (Jeon et al.), arXiv 2402.14160",
+    "a draft model drafts a tree with siblings drawn without replacement (Gumbel-top-k or "
+    "stochastic beam search), verified by recursive rejection sampling",
+    factory=lambda target, draft, **opts: RSD(target, draft, **opts),
+    options={
+        "variant": Option("s", "c = constant branching (Gumbel-top-k), s = stochastic beam search",
+                          choices=("c", "s")),
+        "branches": Option("4,2,2,1", "RSD-C: children per node at each depth"),
+        "beam": Option(4, "RSD-S: beam width (nodes per level)"),
+        "depth": Option(5, "RSD-S: tree depth"),
+    },
+    needs_draft=True,
+))

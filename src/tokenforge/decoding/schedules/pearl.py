@@ -1,0 +1,202 @@
+"""PEARL: the draft model drafts while the target verifies.
+
+Paper: Liu et al., "PEARL: Parallel Speculative Decoding with Adaptive Draft Length",
+arXiv 2408.11850.
+
+Algorithm: every round runs ONE target forward and gamma draft steps at the same time.
+    target: forward [root] + D (D = the drafts still to verify, possibly none)
+    draft:  draft E = gamma tokens after root + D, as if D were all accepted
+Then the chain D + [E0] is verified with the target's rows: D by the usual chain rule and E0
+against the row after D, which would otherwise only give the bonus token. If everything up to E0
+is accepted, E0 is committed without a bonus and E[1:] becomes the next round's D
+(post-verify: the draft kept drafting while the target verified). Otherwise the correction token
+is committed and the next D is empty, so the next round's target forward checks E0 of a fresh
+draft while the draft writes the rest of it (pre-verify). Draft length thus adapts: long runs of
+acceptance chain rounds together, and a rejection costs only one short round.
+Concurrency: on a CPU the draft runs in a worker thread (torch releases the GIL inside its ops);
+on CUDA the target and the draft also get a stream each.
+
+Stats: `draft_s` is the draft thread's busy time, `draft_hidden_s` the part of it that ran while
+the target forward was running, and `overlap` = draft_hidden_s / draft_s (stats.as_dict() has it).
+`parallel=False` runs the same rounds one after the other (the baseline for what overlap buys).
+
+Options: gamma=4, parallel=True.
+Differences from the paper: the paper's two modes are one uniform round here (pre-verify is the
+round with empty D); E0 is verified with the row that the target computed for the bonus token,
+so no extra forward is needed; gamma is fixed (the paper sets it to the target/draft speed ratio).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from tokenforge.decoding import kv
+from tokenforge.decoding.drafters.draft_model import SpS
+from tokenforge.decoding.engine import GenerationStats, Stopper, eos_token_ids, tree_forward
+from tokenforge.decoding.registry import Method, Option, register, require_positive
+from tokenforge.decoding.sampling import SamplingParams
+from tokenforge.decoding.tree import TokenTree
+from tokenforge.decoding.verify import VerifyResult, verify
+from tokenforge.models.load import LoadedModel
+
+
+@dataclass
+class PearlStats(GenerationStats):
+    draft_hidden_s: float = 0.0  # draft time that ran while the target forward ran
+
+    @property
+    def overlap(self) -> float:
+        return self.draft_hidden_s / self.draft_s if self.draft_s else 0.0
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "overlap": self.overlap}
+
+
+def verify_round(pending: list[int], pending_q: list[torch.Tensor], drafted: TokenTree,
+                 logits: torch.Tensor, sampling: SamplingParams, gen: torch.Generator | None
+                 ) -> tuple[VerifyResult, list[int], list[int], list[torch.Tensor]]:
+    """Verify D + [E0], E0 against the target's row after D (the bonus row). Returns the result,
+    the tokens to commit, and the next D with the q rows its tokens were drawn from."""
+    sampled = gen is not None
+    if not drafted.tokens:
+        probs = torch.stack(pending_q + [torch.zeros(logits.shape[-1])]) if sampled else None
+        result = verify(TokenTree.chain(pending, probs), logits, sampling, gen)
+        return result, result.tokens, [], []
+    probs = None
+    if sampled:
+        q0 = drafted.draft_probs[0]
+        probs = torch.stack(pending_q + [q0, torch.zeros_like(q0)])
+    chain = TokenTree.chain(pending + drafted.tokens[:1], probs)
+    # E0 has no row of its own: the last row is repeated and the bonus drawn from it is dropped
+    result = verify(chain, torch.cat([logits, logits[-1:]]), sampling, gen)
+    if len(result.path) < len(chain):
+        return result, result.tokens, [], []
+    rest_q = list(drafted.draft_probs[1:-1]) if sampled else []
+    return result, result.tokens[:-1], drafted.tokens[1:], rest_q
+
+
+def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, start, time.perf_counter()
+
+
+def _stream(device: torch.device):
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
+def _on(stream):
+    return torch.cuda.stream(stream) if stream is not None else nullcontext()
+
+
+class Pearl:
+    name = "pearl"
+
+    def __init__(self, target: LoadedModel, draft: LoadedModel, gamma: int = 4,
+                 parallel: bool = True):
+        require_positive(gamma=gamma)
+        self.drafter = SpS(target, draft, gamma=gamma)
+        self.gamma, self.parallel = gamma, parallel
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="pearl-draft") if parallel else None
+        self.draft_stream = _stream(draft.device)
+
+    def _draft(self, tokens: list[int], depth: int) -> TokenTree:
+        with _on(self.draft_stream), torch.inference_mode():
+            return self.drafter.propose(tokens, depth)
+
+    def _round(self, target: Callable[[], torch.Tensor], draft: Callable[[], TokenTree] | None,
+               stats: PearlStats) -> tuple[torch.Tensor, TokenTree]:
+        """Run the target forward and the draft concurrently (or one after the other)."""
+        if draft is None:
+            logits, t0, t1 = _timed(target)
+            stats.verify_s += t1 - t0
+            return logits, TokenTree()
+        if self.pool is not None:
+            future = self.pool.submit(_timed, draft)
+            logits, t0, t1 = _timed(target)
+            tree, d0, d1 = future.result()
+        else:
+            tree, d0, d1 = _timed(draft)
+            logits, t0, t1 = _timed(target)
+        stats.verify_s += t1 - t0
+        stats.draft_s += d1 - d0
+        stats.draft_hidden_s += max(0.0, min(t1, d1) - max(t0, d0))
+        return logits, tree
+
+    def generate_ids(self, model, tokenizer, prompt_ids: list[int], sampling: SamplingParams,
+                     max_new_tokens: int, context: int | None, stop: list[str] | None = None,
+                     on_text: Callable[[str], None] | None = None
+                     ) -> tuple[list[int], str, PearlStats]:
+        start = time.perf_counter()
+        device = next(model.parameters()).device
+        stats = PearlStats(prompt_tokens=len(prompt_ids))
+        gen = None if sampling.greedy else sampling.generator()
+        stopper = Stopper(tokenizer, eos_token_ids(model, tokenizer), max_new_tokens, stop or [],
+                          on_text)
+        limit = context or 1 << 62
+        hist: Counter[int] = Counter()
+        self.drafter.set_sampling(sampling)
+        self.drafter.begin(list(prompt_ids))
+        pending: list[int] = []  # D: drafted tokens the target has not verified yet
+        pending_q: list[torch.Tensor] = []  # the q each of them was drawn from (sampling only)
+
+        with _on(_stream(device)), torch.inference_mode():
+            cache = kv.new_cache(model)
+            logits = kv.cached_forward(model, torch.tensor([prompt_ids], device=device), cache)
+            stats.target_forwards = 1
+            done = stopper.add([sampling.sample(logits[-1], gen)])
+            while not done:
+                tokens = prompt_ids + stopper.tokens
+                prefix_len = len(tokens) - 1
+                if prefix_len + 1 >= limit:
+                    stopper.reason = "context"
+                    break
+                room = min(max_new_tokens - len(stopper.tokens), limit - prefix_len - 1) - 1
+                del pending[room:], pending_q[room:]
+                depth = min(self.gamma, room - len(pending))
+                logits, drafted = self._round(
+                    partial(tree_forward, model, tokens[-1], TokenTree.chain(pending), prefix_len,
+                            cache, device),
+                    partial(self._draft, tokens + pending, depth) if depth > 0 else None, stats)
+                stats.target_forwards += 1
+
+                t = time.perf_counter()
+                verified = len(pending)
+                result, new, pending, pending_q = verify_round(pending, pending_q, drafted, logits,
+                                                               sampling, gen)
+                kv.keep(cache, prefix_len, [0] + [i + 1 for i in result.path if i < verified])
+                stats.verify_s += time.perf_counter() - t
+                hist[len(result.path)] += 1
+                done = stopper.add(new)
+
+        text = stopper.text if (stop or on_text) else tokenizer.decode(stopper.tokens,
+                                                                       skip_special_tokens=True)
+        stats.new_tokens = len(stopper.tokens)
+        stats.finish_reason = stopper.reason or "length"
+        stats.acceptance_histogram = dict(sorted(hist.items()))
+        stats.total_s = time.perf_counter() - start
+        stats.other_s = max(0.0, stats.total_s - stats.draft_s - stats.verify_s)
+        return stopper.tokens, text, stats
+
+
+register(Method(
+    "pearl", "PEARL: parallel speculative decoding with adaptive draft length (Liu et al.), "
+    "arXiv 2408.11850",
+    "the draft model drafts the next chain while the target verifies the current one (threads "
+    "on CPU, CUDA streams on GPU)",
+    factory=lambda target, draft, **opts: Pearl(target, draft, **opts),
+    options={
+        "gamma": Option(4, "draft tokens per round (ideally the target/draft forward-time ratio)"),
+        "parallel": Option(True, "run draft and target concurrently (False: the same rounds in "
+                                 "sequence, to measure what the overlap buys)"),
+    },
+    needs_draft=True,
+))
