@@ -15,6 +15,9 @@ from transformers import PreTrainedTokenizerFast  # noqa: E402
 from tokenforge.models.load import DEMO_DIR, LoadedModel, load_model  # noqa: E402
 
 TINY_VOCAB = 96
+# One thread per test process: the models here are small, `make test` runs two processes
+# (pytest -n 2) on two cores, and two torch threads per process on a shared machine stall.
+torch.set_num_threads(1)
 
 
 def word_tokenizer(vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.conftest import tiny_model
 from tokenforge.bench import datasets, runner
@@ -35,15 +34,6 @@ METHOD_KEYS = {"kind", "paper", "options", "n_prompts", "new_tokens", "seconds",
                "speedup", "mean_accepted_tokens", "target_forwards", "lossless_rate",
                "peak_memory_mb", "prompts"}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine two threads can
-    make every forward many times slower (OpenMP waiting for a core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
