@@ -180,8 +180,14 @@ def run(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
             if step_hook and not done:
                 step_hook(cache, prompt_ids + stopper.tokens)
 
-    text = stopper.text if (stop or on_text) else tokenizer.decode(stopper.tokens,
-                                                                   skip_special_tokens=True)
+    return finish(stopper, stats, hist, start)
+
+
+def finish(stopper: Stopper, stats: GenerationStats, hist: Counter, start: float,
+           ) -> tuple[list[int], str, GenerationStats]:
+    """Close a generation's stats and text (shared by every loop: the engine and schedules)."""
+    text = stopper.text if (stopper.stop or stopper.on_text) else stopper.tokenizer.decode(
+        stopper.tokens, skip_special_tokens=True)
     stats.new_tokens = len(stopper.tokens)
     stats.finish_reason = stopper.reason or "length"
     stats.acceptance_histogram = dict(sorted(hist.items()))

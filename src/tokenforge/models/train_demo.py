@@ -163,6 +163,18 @@ def evaluate(model, stream: np.ndarray, seq_len: int, windows: int) -> float:
     return float(np.mean(losses))
 
 
+def train_step(model, opt, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One bf16-autocast AdamW step on next-token loss, gradients clipped at 1; returns the loss."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=x).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss
+
+
 def train_model(model, stream, heldout, cfg: TrainConfig, steps: int, name: str, log) -> dict:
     from tqdm import tqdm
 
@@ -182,14 +194,7 @@ def train_model(model, stream, heldout, cfg: TrainConfig, steps: int, name: str,
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        x, y = batches(stream, cfg.seq_len, cfg.batch_size, gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=x).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = train_step(model, opt, *batches(stream, cfg.seq_len, cfg.batch_size, gen))
         if step % 50 == 0 or step == steps - 1:
             curve.append({"step": step, "loss": round(loss.item(), 4)})
             bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tokenforge.models.train_demo import TrainConfig, batches, build_model, train_model
+from tokenforge.models.train_demo import TrainConfig, batches, build_model, train_model, train_step
 from tokenforge.tokenization.corpora import as_text
 
 LOGIT_BUDGET = 1 << 27  # floats of logits per forward batch
@@ -90,14 +90,7 @@ def continue_training(model, train: Stream, heldout: Stream, target_bpb: float, 
     for step in tqdm(range(1, max_steps + 1), desc=desc, leave=False):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, step / max(cfg.warmup, 1))
-        x, y = batches(train.ids, cfg.seq_len, cfg.batch_size, gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=x).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, *batches(train.ids, cfg.seq_len, cfg.batch_size, gen))
         if step % eval_every == 0:
             bpb = bits_per_byte(model, heldout, cfg.seq_len)
             result.curve.append((step, bpb))

@@ -40,7 +40,7 @@ import torch
 
 from tokenforge.decoding import kv
 from tokenforge.decoding.drafters.draft_model import SpS
-from tokenforge.decoding.engine import GenerationStats, Stopper, eos_token_ids, tree_forward
+from tokenforge.decoding.engine import GenerationStats, Stopper, eos_token_ids, finish, tree_forward
 from tokenforge.decoding.registry import Method, Option, register, require_positive
 from tokenforge.decoding.sampling import SamplingParams
 from tokenforge.decoding.tree import TokenTree
@@ -177,14 +177,7 @@ class Pearl:
                 hist[len(result.path)] += 1
                 done = stopper.add(new)
 
-        text = stopper.text if (stop or on_text) else tokenizer.decode(stopper.tokens,
-                                                                       skip_special_tokens=True)
-        stats.new_tokens = len(stopper.tokens)
-        stats.finish_reason = stopper.reason or "length"
-        stats.acceptance_histogram = dict(sorted(hist.items()))
-        stats.total_s = time.perf_counter() - start
-        stats.other_s = max(0.0, stats.total_s - stats.draft_s - stats.verify_s)
-        return stopper.tokens, text, stats
+        return finish(stopper, stats, hist, start)
 
 
 register(Method(
