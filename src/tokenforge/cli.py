@@ -116,20 +116,18 @@ def train_demo_cmd(
                    f"{stats['file_bytes'] / 1e6:.1f} MB")
 
 
-def _register_optional_commands() -> None:
-    """Commands that live with their subsystem (each registers itself on `app` when present)."""
-    import importlib
+def _register_subsystem_commands() -> None:
+    """bench, serve, tokenizer and distill-draft live with their subsystems; each adds itself."""
+    from tokenforge.bench.cli import register as bench
+    from tokenforge.models.distill import register as distill
+    from tokenforge.serve.cli import register as serve
+    from tokenforge.tokenization.cli import register as tokenizer
 
-    for module in ("tokenforge.bench.cli", "tokenforge.serve.cli", "tokenforge.tokenization.cli",
-                   "tokenforge.models.distill"):
-        try:
-            importlib.import_module(module).register(app)
-        except ModuleNotFoundError as err:
-            if not (err.name and module.startswith(err.name)):
-                raise
+    for register in (bench, serve, tokenizer, distill):
+        register(app)
 
 
-_register_optional_commands()
+_register_subsystem_commands()
 
 
 def main() -> None:
