@@ -8,7 +8,8 @@ Steps: `distill-draft --method kd` (also AdaSPEC's reference), then `--method ad
 forward with sps (gamma 4; greedy, and temperature 1 with fixed seeds) over prompts cut from
 the held-out files, plus teacher-forced KL(p || q) and top-1 agreement with the target on the
 held-out stream. Writes benchmarks/distill_results.json and benchmarks/distill_results.md.
-Everything is seeded; on 2 CPU cores the whole run takes about 15 minutes.
+Everything is seeded; on 2 idle CPU cores the whole run takes about 15 minutes (`--reuse` keeps
+drafts already distilled in --out with the same settings).
 """
 
 from __future__ import annotations
@@ -68,12 +69,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=DistillConfig.steps)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a draft already distilled in --out with the same settings")
     args = parser.parse_args()
     cfg = DistillConfig(steps=args.steps)
     start = time.time()
-    records = {"kd": run_distill("demo", "demo-draft", "kd", args.out / "kd", cfg)}
-    records["adaspec"] = run_distill("demo", "demo-draft", "adaspec", args.out / "adaspec", cfg,
-                                     reference=str(args.out / "kd"))
+    records = {}
+    for method in ("kd", "adaspec"):
+        done = args.out / method / "distill.json"
+        if args.reuse and done.exists() and json.loads(done.read_text())["config"] == vars(cfg):
+            records[method] = json.loads(done.read_text())
+            continue
+        records[method] = run_distill("demo", "demo-draft", method, args.out / method, cfg,
+                                      reference=str(args.out / "kd") if method == "adaspec" else None)
     target = load_model("demo", device="cpu", dtype="float32")
     prompts, stream = heldout_prompts(target.tokenizer, args.prompts, 128)
     rows = {}

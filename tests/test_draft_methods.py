@@ -11,6 +11,7 @@ from conftest import tiny_model
 
 from tokenforge import generate, make_drafter
 from tokenforge.decoding import kv
+from tokenforge.decoding.sampling import SamplingParams
 from tokenforge.errors import InvalidOptionError
 
 METHODS = [
@@ -112,6 +113,14 @@ def test_pearl_reports_overlap():
         info = stats.as_dict()
         assert 0.0 <= info["overlap"] <= 1.0 and stats.draft_s > 0
         assert (info["overlap"] > 0) == parallel
+
+
+def test_pearl_can_be_cancelled():
+    target, draft = tiny_model("llama", seed=0), tiny_model("llama", seed=1, hidden=16)
+    pearl = make_drafter(target, "pearl", draft)
+    ids, _, stats = pearl.generate_ids(target.model, target.tokenizer, [3, 4], SamplingParams(),
+                                       16, None, should_stop=lambda: True)
+    assert len(ids) == 1 and stats.finish_reason == "cancelled"
 
 
 def test_draft_methods_need_a_matching_draft():

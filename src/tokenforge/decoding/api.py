@@ -66,7 +66,8 @@ def generate(model: LoadedModel, prompt: str | list[int], method: str = "vanilla
     prompt_ids = encode_prompt(model, prompt)
     if hasattr(drafter, "generate_ids"):  # a schedule that changes the loop itself (e.g. PEARL)
         ids, text, stats = drafter.generate_ids(model.model, model.tokenizer, prompt_ids, sampling,
-                                                max_new_tokens, model.context_length, stop, on_text)
+                                                max_new_tokens, model.context_length, stop, on_text,
+                                                should_stop=should_stop)
     else:
         ids, text, stats = engine.run(model.model, model.tokenizer, prompt_ids, drafter, sampling,
                                       max_new_tokens, model.context_length, stop, on_text,

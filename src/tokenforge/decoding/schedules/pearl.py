@@ -133,8 +133,10 @@ class Pearl:
 
     def generate_ids(self, model, tokenizer, prompt_ids: list[int], sampling: SamplingParams,
                      max_new_tokens: int, context: int | None, stop: list[str] | None = None,
-                     on_text: Callable[[str], None] | None = None
+                     on_text: Callable[[str], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None,
                      ) -> tuple[list[int], str, PearlStats]:
+        """engine.run's contract, PEARL's rounds (`should_stop()` is asked before each round)."""
         start = time.perf_counter()
         device = next(model.parameters()).device
         stats = PearlStats(prompt_tokens=len(prompt_ids))
@@ -154,6 +156,9 @@ class Pearl:
             stats.target_forwards = 1
             done = stopper.add([sampling.sample(logits[-1], gen)])
             while not done:
+                if should_stop and should_stop():
+                    stopper.reason = "cancelled"
+                    break
                 tokens = prompt_ids + stopper.tokens
                 prefix_len = len(tokens) - 1
                 if prefix_len + 1 >= limit:
