@@ -86,6 +86,19 @@ class Stopper:
             self._update_text()
         return self.reason is not None
 
+    def next_step(self, prompt_ids: list[int], limit: int,
+                  should_stop: Callable[[], bool] | None) -> tuple[list[int], int] | None:
+        """Before a step: (committed tokens, deepest draft node worth verifying), or None when
+        the generation must end first (cancelled, or the context is full)."""
+        if should_stop and should_stop():
+            self.reason = "cancelled"
+            return None
+        tokens = prompt_ids + self.tokens
+        if len(tokens) >= limit:
+            self.reason = "context"
+            return None
+        return tokens, min(self.budget - len(self.tokens), limit - len(tokens)) - 1
+
     def _update_text(self) -> None:
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         if self.stop:
@@ -147,15 +160,11 @@ def run(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
             drafter.begin(list(prompt_ids))
             stats.draft_s += time.perf_counter() - t
         while not done:
-            if should_stop and should_stop():
-                stopper.reason = "cancelled"
+            step = stopper.next_step(prompt_ids, limit, should_stop)
+            if step is None:
                 break
-            tokens = prompt_ids + stopper.tokens
+            tokens, max_depth = step
             prefix_len = len(tokens) - 1
-            if prefix_len + 1 >= limit:
-                stopper.reason = "context"
-                break
-            max_depth = min(max_new_tokens - len(stopper.tokens), limit - prefix_len - 1) - 1
             tree = TokenTree()
             if drafter is not None and max_depth > 0:
                 t = time.perf_counter()

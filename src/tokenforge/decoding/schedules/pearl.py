@@ -156,15 +156,11 @@ class Pearl:
             stats.target_forwards = 1
             done = stopper.add([sampling.sample(logits[-1], gen)])
             while not done:
-                if should_stop and should_stop():
-                    stopper.reason = "cancelled"
+                step = stopper.next_step(prompt_ids, limit, should_stop)
+                if step is None:
                     break
-                tokens = prompt_ids + stopper.tokens
+                tokens, room = step
                 prefix_len = len(tokens) - 1
-                if prefix_len + 1 >= limit:
-                    stopper.reason = "context"
-                    break
-                room = min(max_new_tokens - len(stopper.tokens), limit - prefix_len - 1) - 1
                 del pending[room:], pending_q[room:]
                 depth = min(self.gamma, room - len(pending))
                 logits, drafted = self._round(
