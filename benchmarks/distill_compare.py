@@ -5,11 +5,12 @@ stdlib files, how well each draft serves `demo` next to the original demo-draft.
 
 Steps: `distill-draft --method kd` (also AdaSPEC's reference), then `--method adaspec
 --reference <kd>`; then, for demo-draft, kd and adaspec: mean accepted tokens per target
-forward with sps (gamma 4; greedy, and temperature 1 with fixed seeds) over prompts cut from
-the held-out files, plus teacher-forced KL(p || q) and top-1 agreement with the target on the
-held-out stream. Writes benchmarks/distill_results.json and benchmarks/distill_results.md.
-Everything is seeded; on 2 idle CPU cores the whole run takes about 15 minutes (`--reuse` keeps
-drafts already distilled in --out with the same settings).
+forward with sps (gamma 4; greedy, and temperature 1 with 3 seeds per prompt) over prompts cut
+from the held-out files, with paired bootstrap intervals for the differences, plus teacher-forced
+KL(p || q) and top-1 agreement with the target on the held-out stream. Writes
+benchmarks/distill_results.json and benchmarks/distill_results.md. Everything is seeded; on 2
+idle CPU cores the whole run takes about 15 minutes (`--reuse` keeps drafts already distilled in
+--out with the same settings).
 """
 
 from __future__ import annotations
@@ -31,25 +32,39 @@ HERE = Path(__file__).parent
 
 
 def heldout_prompts(tokenizer, n: int, length: int) -> tuple[list[list[int]], np.ndarray]:
+    """Up to n prompts of `length` tokens, two per held-out file where it is long enough (the
+    first `length` tokens, mostly license and docstring, are skipped)."""
     _, heldout, _ = split_corpus(TrainConfig().heldout_every)
     prompts = []
     for path in heldout:
         ids = tokenizer(read_text(path), add_special_tokens=False)["input_ids"]
-        if len(ids) >= 2 * length:
-            prompts.append(ids[length : 2 * length])  # skip the license/docstring header
-        if len(prompts) == n:
-            break
-    return prompts, encode_corpus(tokenizer, [read_text(p) for p in heldout])
+        prompts += [ids[s : s + length] for s in (length, 3 * length) if len(ids) >= s + 2 * length]
+    return prompts[:n], encode_corpus(tokenizer, [read_text(p) for p in heldout])
 
 
-def acceptance(target, draft, prompts, temperature: float, new_tokens: int) -> float:
+def acceptance(target, draft, prompts, temperature: float, new_tokens: int,
+               seeds: int) -> np.ndarray:
+    """(new tokens, target forwards) per prompt with sps (gamma 4), summed over the seeds."""
     drafter = make_drafter(target, "sps", draft, gamma=4)
-    tokens = forwards = 0
-    for seed, prompt in enumerate(prompts):
-        stats = generate(target, prompt, drafter=drafter, max_new_tokens=new_tokens,
-                         temperature=temperature, seed=seed).stats
-        tokens, forwards = tokens + stats.new_tokens, forwards + stats.target_forwards
-    return tokens / forwards
+    counts = np.zeros((len(prompts), 2))
+    for i, prompt in enumerate(prompts):
+        for seed in range(seeds):
+            stats = generate(target, prompt, drafter=drafter, max_new_tokens=new_tokens,
+                             temperature=temperature, seed=seed).stats
+            counts[i] += (stats.new_tokens, stats.target_forwards)
+    return counts
+
+
+def mean_accepted(counts: np.ndarray) -> float:
+    return float(counts[:, 0].sum() / counts[:, 1].sum())
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 4000) -> tuple[float, float]:
+    """95% bootstrap interval (over prompts, paired) of mean_accepted(a) - mean_accepted(b)."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(a), size=(draws, len(a)))
+    diff = [mean_accepted(a[i]) - mean_accepted(b[i]) for i in idx]
+    return float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
 
 
 @torch.no_grad()
@@ -67,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/tokenforge-distill"))
     parser.add_argument("--steps", type=int, default=DistillConfig.steps)
-    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--prompts", type=int, default=40)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--reuse", action="store_true",
                         help="keep a draft already distilled in --out with the same settings")
@@ -84,25 +99,30 @@ def main() -> None:
                                       reference=str(args.out / "kd") if method == "adaspec" else None)
     target = load_model("demo", device="cpu", dtype="float32")
     prompts, stream = heldout_prompts(target.tokenizer, args.prompts, 128)
-    rows = {}
+    rows, counts = {}, {}
     for name, spec in (("demo-draft", "demo-draft"), ("kd", str(args.out / "kd")),
                        ("adaspec", str(args.out / "adaspec"))):
         draft = load_model(spec, device="cpu", dtype="float32")
         kl, agree = teacher_forced(target, draft, stream)
+        counts[name] = {mode: acceptance(target, draft, prompts, temperature, args.new_tokens,
+                                         seeds)
+                        for mode, temperature, seeds in (("greedy", 0.0, 1), ("t1", 1.0, 3))}
         rows[name] = {
-            "sps_greedy_mean_accepted": round(acceptance(target, draft, prompts, 0.0,
-                                                         args.new_tokens), 3),
-            "sps_t1_mean_accepted": round(acceptance(target, draft, prompts, 1.0,
-                                                     args.new_tokens), 3),
+            "sps_greedy_mean_accepted": round(mean_accepted(counts[name]["greedy"]), 3),
+            "sps_t1_mean_accepted": round(mean_accepted(counts[name]["t1"]), 3),
             "heldout_kl": round(kl, 4),
             "heldout_top1_agreement": round(agree, 4),
             "distill_wall_time_s": records.get(name, {}).get("wall_time_s"),
         }
         print(name, rows[name], flush=True)
+    intervals = {f"adaspec - {other}": {mode: [round(x, 3) for x in paired_interval(
+        counts["adaspec"][mode], counts[other][mode])] for mode in ("greedy", "t1")}
+        for other in ("kd", "demo-draft")}
     result = {"config": vars(cfg), "prompts": len(prompts), "new_tokens": args.new_tokens,
-              "machine": f"{platform.processor() or platform.machine()}, "
-                         f"{torch.get_num_threads()} threads", "torch": torch.__version__,
-              "total_wall_time_s": round(time.time() - start, 1), "drafts": rows}
+              "t1_seeds_per_prompt": 3, "machine": f"{platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads", "torch": torch.__version__,
+              "total_wall_time_s": round(time.time() - start, 1), "drafts": rows,
+              "paired_95ci_of_difference": intervals}
     (HERE / "distill_results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| draft | sps mean accepted (greedy) | sps mean accepted (T=1) | held-out KL(p‖q) "
              "| top-1 agreement | distil time (s) |", "|---|---|---|---|---|---|"]
@@ -110,10 +130,12 @@ def main() -> None:
         lines.append(f"| {name} | {r['sps_greedy_mean_accepted']} | {r['sps_t1_mean_accepted']} "
                      f"| {r['heldout_kl']} | {r['heldout_top1_agreement']} "
                      f"| {r['distill_wall_time_s'] or '-'} |")
+    lines += [""] + [f"{pair}: greedy {ci['greedy']}, T=1 {ci['t1']} (95% paired bootstrap "
+                     "interval over prompts)" for pair, ci in intervals.items()]
     (HERE / "distill_results.md").write_text(
         f"Distilled drafts for `demo` ({args.steps} steps each, {len(prompts)} held-out prompts, "
-        f"{args.new_tokens} new tokens, gamma 4; produced by benchmarks/distill_compare.py)\n\n"
-        + "\n".join(lines) + "\n")
+        f"{args.new_tokens} new tokens, T=1 with 3 seeds per prompt, sps gamma 4; produced by "
+        "benchmarks/distill_compare.py)\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
