@@ -13,7 +13,7 @@ cells of expected count < 5 pooled into one. Bound: the chi-square quantile at 1
 (cells - 1) degrees of freedom (Wilson-Hilferty approximation), so a correct method fails with
 probability <= 1e-3 (two statistics) and the file with <= 0.5%; the seeds are fixed, so the
 outcome is reproducible. Power, checked by hand with these settings (statistic / bound): trees
-verified as if siblings were drawn with replacement: rsd-c 175/55, rsd-s 179/55, dyspec 63/55;
+verified as if siblings were drawn with replacement: rsd-c 175/55, rsd-s 179/55, dyspec 95/55;
 sps drafting from q^2 while reporting q: 160/55; PEARL checking E0 against the previous target
 row: 372/46. The first test checks that plain sampling from the far draft would fail.
 """

@@ -6,7 +6,7 @@ Without Replacement", arXiv 2402.14160.
 Algorithm: the draft model builds a tree level by level (one batched draft forward with tree
 attention per level). Siblings are a sample without replacement from the draft's q at their
 parent, so no token is drafted twice under one parent:
-- RSD-C (variant=c): a constant branching per depth (`branches`, e.g. 4,2,2,1); each node's
+- RSD-C (variant=c): a constant branching per depth (`branches`, e.g. 2,2,1); each node's
   children are the Gumbel-top-k of log q (top-k of log q + Gumbel noise), which is an ordered
   sample without replacement.
 - RSD-S (variant=s): stochastic beam search (Kool et al. 2019) with `beam` sequences and `depth`
@@ -16,9 +16,9 @@ Greedy mode replaces the Gumbel draws by the deterministic top-k (RSD-C) or plai
 (RSD-S). Verification is verify.py's recursive rejection sampling: x is accepted with probability
 min(1, p(x) / q(x)); on rejection p <- norm(max(0, p - q)) and q drops x and is renormalised.
 
-Options: variant=s, branches=4,2,2,1 (RSD-C), beam=4 and depth=5 (RSD-S).
-Differences from the paper: none in the draft or the verification; the defaults are sized for
-the demo pair on a CPU rather than the paper's GPU budgets.
+Options: variant=s, branches=2,2,1 (RSD-C), beam=3 and depth=4 (RSD-S).
+Differences from the paper: none in the draft or the verification; the defaults (10-12 nodes)
+are sized for the demo pair on a CPU rather than the paper's GPU budgets.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from tokenforge.errors import InvalidOptionError
 class RSD(TreeDrafter):
     name = "rsd"
 
-    def __init__(self, target, draft, variant: str = "s", branches: str = "4,2,2,1",
-                 beam: int = 4, depth: int = 5):
+    def __init__(self, target, draft, variant: str = "s", branches: str = "2,2,1",
+                 beam: int = 3, depth: int = 4):
         try:
             self.branches = [int(b) for b in str(branches).split(",")]
         except ValueError:
@@ -116,9 +116,9 @@ register(Method(
     options={
         "variant": Option("s", "c = constant branching (Gumbel-top-k), s = stochastic beam search",
                           choices=("c", "s")),
-        "branches": Option("4,2,2,1", "RSD-C: children per node at each depth"),
-        "beam": Option(4, "RSD-S: beam width (nodes per level)"),
-        "depth": Option(5, "RSD-S: tree depth"),
+        "branches": Option("2,2,1", "RSD-C: children per node at each depth"),
+        "beam": Option(3, "RSD-S: beam width (nodes per level)"),
+        "depth": Option(4, "RSD-S: tree depth"),
     },
     needs_draft=True,
 ))
