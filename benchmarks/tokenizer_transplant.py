@@ -143,6 +143,29 @@ def markdown(rows: list[Row], original: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_recovery(rows: list[Row], original: dict, path: Path) -> bool:
+    """One panel per target that had recovery training: held-out bits per byte ÷ the original's
+    against training steps, one line per method, the 1.05x goal dashed. False when nothing to plot."""
+    from matplotlib.figure import Figure
+
+    targets = list(dict.fromkeys(r.target for r in rows if r.curve))
+    if not targets:
+        return False
+    fig = Figure(figsize=(5 * len(targets), 4), layout="constrained")
+    axes = fig.subplots(1, len(targets), sharey=True, squeeze=False)[0]
+    for ax, target in zip(axes, targets, strict=True):
+        for r in (r for r in rows if r.target == target and r.curve):
+            steps, bpb = zip(*r.curve, strict=True)
+            ax.plot(steps, [b / original["recovery_bpb"] for b in bpb], marker=".", label=r.method)
+        ax.axhline(1.05, color="grey", linestyle="--", linewidth=1)
+        ax.set(title=target, xlabel="continued-training steps")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out bits/byte ÷ original")
+    axes[0].legend()
+    fig.savefig(path, dpi=120)
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
@@ -152,9 +175,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--eval-kb", type=int, default=128)
     parser.add_argument("--recovery-eval-kb", type=int, default=24)
-    parser.add_argument("--donor-steps", type=int, default=200)
-    parser.add_argument("--max-steps", type=int, default=30, help="0: no recovery training")
-    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--donor-steps", type=int, default=1000)
+    parser.add_argument("--max-steps", type=int, default=500, help="0: no recovery training")
+    parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--recover", nargs="*", default=["bpe-16k-stdlib", "bpe-8k-site-packages"],
                         choices=list(TARGETS), help="targets that get recovery training")
     parser.add_argument("--threads", type=int, default=1)
@@ -185,6 +208,8 @@ def main() -> None:
     table = markdown(rows, original, args)
     (args.out / "transplant.md").write_text(table)
     print(table)
+    if plot_recovery(rows, original, args.out / "transplant.png"):
+        print(f"wrote {args.out / 'transplant.png'}")
 
 
 if __name__ == "__main__":

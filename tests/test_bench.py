@@ -12,7 +12,13 @@ from tests.conftest import tiny_model
 from tokenforge.bench import datasets, runner
 from tokenforge.bench.cli import parse_method_options
 from tokenforge.bench.datasets import Prompt, encode, load_dataset
-from tokenforge.bench.report import SCHEMA_VERSION, markdown_table, results_json, write_outputs
+from tokenforge.bench.report import (
+    SCHEMA_VERSION,
+    markdown_report,
+    markdown_table,
+    results_json,
+    write_outputs,
+)
 from tokenforge.bench.runner import (
     BenchConfig,
     MethodPlan,
@@ -32,7 +38,7 @@ SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared/data/spec_bench/quest
 PHRASES = ["w73 w84 w25", "w77 w50 w75", "w22 w23 w22 w23 w30", "w70 w3 w88 w29 w64 w21"]
 METHOD_KEYS = {"kind", "paper", "options", "n_prompts", "new_tokens", "seconds", "tokens_per_s",
                "speedup", "mean_accepted_tokens", "target_forwards", "lossless_rate",
-               "peak_memory_mb", "prompts"}
+               "peak_memory_mb", "time_split", "prompts"}
 
 
 
@@ -111,6 +117,24 @@ def test_hf_assisted_uses_the_draft_and_stays_quiet(word_prompts, capfd):
     result = bench(target, word_prompts, ["hf-assisted"], draft=draft, limit=1)
     assert result.methods[1].lossless_rate == 1.0
     assert capfd.readouterr().err == ""  # no transformers warnings, no progress bar
+
+
+def test_time_split_reports_draft_share_and_pearl_overlap(word_prompts):
+    """tokenforge methods report where their time went; pearl adds its overlap; the
+    transformers baselines have no timers and say so (null), rather than zeros."""
+    target, draft = tiny_model("llama"), tiny_model("llama", seed=1)
+    data = results_json(bench(target, word_prompts, ["sps", "pearl", "hf-assisted"], draft=draft))
+    methods = data["methods"]
+    assert methods["hf-assisted"]["time_split"] is None
+    assert methods["vanilla"]["time_split"]["draft_s"] == 0.0
+    for name in ("sps", "pearl"):
+        split = methods[name]["time_split"]
+        assert split["draft_s"] > 0 and 0 < split["draft_share"] < 1
+        assert split["total_s"] <= methods[name]["seconds"] * 1.05 + 0.01  # inside the timing
+    assert "overlap" not in methods["sps"]["time_split"]
+    assert 0.0 <= methods["pearl"]["time_split"]["overlap"] <= 1.0
+    table = markdown_report(data)
+    assert "| pearl |" in table and "draft overlap" in table
 
 
 def test_each_drafter_is_built_once_and_reused(monkeypatch, word_prompts):

@@ -54,7 +54,8 @@ class HFDecoder:
     def _count(self, *_) -> None:
         self.forwards += 1
 
-    def __call__(self, prompt_ids: list[int], seed: int | None) -> tuple[list[int], int]:
+    def __call__(self, prompt_ids: list[int], seed: int | None
+                 ) -> tuple[list[int], int, None]:
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([prompt_ids], device=device)
         if seed is not None:
@@ -70,7 +71,7 @@ class HFDecoder:
                                         f"this model: {str(err).splitlines()[0]}") from None
         finally:
             hook.remove()
-        return out[0, len(prompt_ids):].tolist(), self.forwards
+        return out[0, len(prompt_ids):].tolist(), self.forwards, None  # no timers
 
 
 @contextmanager

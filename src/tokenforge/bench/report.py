@@ -12,6 +12,8 @@ results.json, schema_version 1:
     reference ("vanilla"), lossless_informational (true under sampling),
     methods {name: {kind, paper, options, n_prompts, new_tokens, seconds, tokens_per_s, speedup,
                     mean_accepted_tokens, target_forwards, lossless_rate, peak_memory_mb,
+                    time_split (tokenforge methods; null for the transformers baselines):
+                        {draft_s, verify_s, other_s, total_s, draft_share[, overlap (pearl)]},
                     prompts [{id, prompt_tokens, new_tokens, target_forwards, seconds, lossless,
                               output_sha1}]}}
 """
@@ -66,7 +68,7 @@ def method_json(result: MethodResult) -> dict:
         "seconds": result.seconds, "tokens_per_s": result.tokens_per_s,
         "speedup": result.speedup, "mean_accepted_tokens": result.mean_accepted_tokens,
         "target_forwards": result.target_forwards, "lossless_rate": result.lossless_rate,
-        "peak_memory_mb": result.peak_memory_mb,
+        "peak_memory_mb": result.peak_memory_mb, "time_split": result.time_split,
         "prompts": [{"id": p.prompt_id, "prompt_tokens": p.prompt_tokens,
                      "new_tokens": p.new_tokens, "target_forwards": p.target_forwards,
                      "seconds": p.seconds, "lossless": p.lossless,
@@ -88,6 +90,21 @@ def markdown_table(data: dict) -> str:
         rows.append(f"| {name} | {m['tokens_per_s']:.1f} | {m['speedup']:.2f}x | "
                     f"{m['mean_accepted_tokens']:.2f} | {m['target_forwards']} | "
                     f"{m['lossless_rate']:.0%} | {m['peak_memory_mb']:.0f} |")
+    return "\n".join(rows)
+
+
+def time_split_table(data: dict) -> str:
+    """Where each tokenforge method's time went (first timing of each prompt), or "" when no
+    method has timers (a results.json from before time_split existed has none either)."""
+    split = [(name, m["time_split"]) for name, m in by_speedup(data) if m.get("time_split")]
+    if not split:
+        return ""
+    rows = ["| method | draft s | verify s | other s | draft share | draft overlap |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, t in split:
+        overlap = f"{t['overlap']:.2f}" if "overlap" in t else "-"
+        rows.append(f"| {name} | {t['draft_s']:.2f} | {t['verify_s']:.2f} | {t['other_s']:.2f} | "
+                    f"{t['draft_share']:.0%} | {overlap} |")
     return "\n".join(rows)
 
 
@@ -121,6 +138,12 @@ def markdown_report(data: dict) -> str:
         "",
         markdown_table(data),
         "",
+        *([time_split_table(data), "",
+           "- Time split: seconds inside the engine's timers (drafting, the target's verification "
+           "forward, the rest), summed over the prompts. Draft overlap (methods that draft "
+           "concurrently): draft time hidden ÷ draft time, i.e. the wall time saved against "
+           "running each round's draft and target work in turn.", ""]
+          if time_split_table(data) else []),
         "- tokens/s: new tokens ÷ seconds over all prompts; speedup: tokens/s ÷ vanilla's in this "
         "run. Timing starts from token ids (tokenization excluded) and includes everything else.",
         "- New tokens are counted the same way for every method: the ids it returned, cut at and "

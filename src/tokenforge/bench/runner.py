@@ -34,6 +34,7 @@ from tokenforge.errors import DatasetError, InvalidOptionError, PromptError
 from tokenforge.models.load import LoadedModel, load_model
 
 REFERENCE = "vanilla"
+TIMERS = ("draft_s", "verify_s", "other_s", "total_s", "draft_hidden_s")  # kept per prompt
 
 
 @dataclass
@@ -82,6 +83,7 @@ class PromptResult:
     target_forwards: int
     seconds: float  # median over the repeats
     lossless: bool | None = None  # token ids == vanilla's, length included
+    time_split: dict[str, float] | None = None  # tokenforge methods: GenerationStats' timers
 
     @property
     def new_tokens(self) -> int:
@@ -119,6 +121,21 @@ class MethodResult:
     @property
     def mean_accepted_tokens(self) -> float:
         return self.new_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def time_split(self) -> dict[str, float] | None:
+        """Where a tokenforge method's time went, summed over the prompts: draft_s, verify_s,
+        other_s, total_s, draft_share (draft ÷ total) and, for a method that drafts concurrently
+        (pearl), overlap = draft time hidden ÷ draft time. None for the transformers baselines."""
+        splits = [p.time_split for p in self.prompts if p.time_split is not None]
+        if not splits:
+            return None
+        total = {key: sum(split.get(key, 0.0) for split in splits) for key in splits[0]}
+        total["draft_share"] = total["draft_s"] / total["total_s"] if total["total_s"] else 0.0
+        if "draft_hidden_s" in total:
+            total["overlap"] = (total.pop("draft_hidden_s") / total["draft_s"]
+                                if total["draft_s"] else 0.0)
+        return total
 
 
 @dataclass
@@ -226,11 +243,14 @@ class EngineDecoder:
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.drafter = make_drafter(target, self.method, draft, **options)  # state carries over
 
-    def __call__(self, prompt_ids: list[int], seed: int | None) -> tuple[list[int], int]:
+    def __call__(self, prompt_ids: list[int], seed: int | None
+                 ) -> tuple[list[int], int, dict[str, float]]:
         gen = generate(self.target, prompt_ids, method=self.method, drafter=self.drafter,
                        draft=self.draft, max_new_tokens=self.max_new_tokens,
                        temperature=self.temperature, seed=seed)
-        return gen.token_ids, gen.stats.target_forwards
+        stats = gen.stats.as_dict()
+        return gen.token_ids, gen.stats.target_forwards, {key: stats[key] for key in TIMERS
+                                                           if key in stats}
 
 
 def run_method(plan: MethodPlan, target: LoadedModel, draft: LoadedModel | None,
@@ -250,10 +270,11 @@ def run_method(plan: MethodPlan, target: LoadedModel, draft: LoadedModel | None,
         for i, selected in enumerate(prompts):
             seed = None if config.greedy else config.seed + i
             runs = [timed(target.device, decode, selected.ids, seed) for _ in range(config.repeats)]
-            (ids, forwards), _ = runs[0]
+            (ids, forwards, time_split), _ = runs[0]
             results.append(PromptResult(selected.prompt.id, len(selected.ids),
                                         count_tokens(ids, eos), forwards,
-                                        statistics.median(seconds for _, seconds in runs)))
+                                        statistics.median(seconds for _, seconds in runs),
+                                        time_split=time_split))
             done = sum(r.new_tokens for r in results) / sum(r.seconds for r in results)
             bar.set_postfix_str(f"{done:.1f} tok/s")
             bar.update()
