@@ -135,8 +135,8 @@ def markdown(rows: list[Row], original: dict, args) -> str:
     for r in rows:
         steps, after = "not run", "-"
         if r.curve:
-            steps = str(r.steps_to_105) if r.steps_to_105 is not None else f"> {args.max_steps}"
             last_step, last_bpb = r.curve[-1]
+            steps = str(r.steps_to_105) if r.steps_to_105 is not None else f"> {last_step}"
             after = f"{last_bpb / original['recovery_bpb']:.3f} at step {last_step}"
         lines.append(f"| {r.target} | {r.vocab:,} | {r.shared:,} | {r.bytes_per_token:.2f} | "
                      f"{r.method} | {r.bpb:.3f} | {r.ratio:.3f} | {steps} | {after} |")

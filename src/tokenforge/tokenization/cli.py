@@ -112,7 +112,7 @@ def transplant(
     donor_corpus: Annotated[str, typer.Option(help="omp: corpus of the trained donor")] =
     "stdlib",
     donor_steps: Annotated[int, typer.Option(help="omp: training steps of the trained "
-                                                  "donor")] = 200,
+                                                  "donor")] = 1000,
     k: Annotated[int | None, typer.Option(
         help="omp: atoms per token (default 32); tokenadapt: neighbours (default 8)")] = None,
 ):

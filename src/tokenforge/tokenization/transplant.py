@@ -34,7 +34,7 @@ class TransplantOptions:
     method: str = "omp"
     donor: str | None = None  # omp: a model directory that uses the new tokenizer
     donor_corpus: str = "stdlib"  # omp: what the trained donor reads
-    donor_steps: int = 200
+    donor_steps: int = 1000  # 200 gave a visibly worse OMP (benchmarks/TOKENIZERS.md)
     donor_max_mb: float = 16.0
     k: int | None = None  # omp atoms (default 32) or tokenadapt neighbours (default 8)
 
