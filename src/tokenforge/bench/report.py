@@ -120,6 +120,7 @@ def markdown_report(data: dict) -> str:
     lossless = ("share of prompts whose token ids equal vanilla's exactly, length included"
                 + ("; informational under sampling, where methods draw different random "
                    "numbers" if data["lossless_informational"] else ""))
+    split = time_split_table(data)
     lines = [
         f"# tokenforge bench: {data['model']}{draft} on {dataset['name']}",
         "",
@@ -138,12 +139,12 @@ def markdown_report(data: dict) -> str:
         "",
         markdown_table(data),
         "",
-        *([time_split_table(data), "",
+        *([split, "",
            "- Time split: seconds inside the engine's timers (drafting, the target's verification "
            "forward, the rest), summed over the prompts. Draft overlap (methods that draft "
            "concurrently): draft time hidden ÷ draft time, i.e. the wall time saved against "
            "running each round's draft and target work in turn.", ""]
-          if time_split_table(data) else []),
+          if split else []),
         "- tokens/s: new tokens ÷ seconds over all prompts; speedup: tokens/s ÷ vanilla's in this "
         "run. Timing starts from token ids (tokenization excluded) and includes everything else.",
         "- New tokens are counted the same way for every method: the ids it returned, cut at and "
