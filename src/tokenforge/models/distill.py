@@ -15,7 +15,8 @@ do not contribute to the loss. The selection follows the authors' released train
 Data: the same stdlib training files as the demo models (train_demo.split_corpus), a seeded
 subset of `files` of them, random windows of `seq_len` tokens; held-out files are never used.
 Options (DistillConfig): steps=400, batch_size=8, seq_len=256, lr=3e-4 (cosine to 10%, 10 warm-up
-steps), keep=0.4, files=400, seed=0; bf16 autocast on the CPU as in train_demo.
+steps), keep=0.4, files=400, seed=0; bf16 autocast on the CPU, batches, schedule, clipped AdamW
+steps and saving from the shared training library (`tokenforge.models.training`).
 Differences from the paper: the paper distils on task data for epochs; we fine-tune an already
 trained draft for a fixed number of steps on generic code, and the reference is the plain-KD
 draft of the same run (so AdaSPEC costs the KD run plus its own).
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +34,16 @@ import numpy as np
 import torch
 
 from tokenforge.models.load import LoadedModel, load_model
+from tokenforge.models.train_demo import TrainConfig, read_text, split_corpus
+from tokenforge.models.training import (
+    adamw,
+    batches,
+    encode_corpus,
+    optimizer_step,
+    save_model,
+    set_lr,
+    warmup_cosine,
+)
 
 
 @dataclass
@@ -63,8 +73,6 @@ def selective_loss(kl: torch.Tensor, ref_kl: torch.Tensor, keep: float) -> torch
 
 
 def training_stream(tokenizer, cfg: DistillConfig) -> np.ndarray:
-    from tokenforge.models.train_demo import TrainConfig, encode_corpus, read_text, split_corpus
-
     train_files, _, _ = split_corpus(TrainConfig().heldout_every)
     pick = np.random.default_rng(cfg.seed).permutation(len(train_files))[: cfg.files]
     return encode_corpus(tokenizer, [read_text(train_files[i]) for i in sorted(pick)])
@@ -73,20 +81,14 @@ def training_stream(tokenizer, cfg: DistillConfig) -> np.ndarray:
 def distill(target: LoadedModel, draft: LoadedModel, stream: np.ndarray, cfg: DistillConfig,
             reference: torch.nn.Module | None = None, log=print) -> tuple[torch.nn.Module, dict]:
     """Plain KD of a copy of `draft` (reference None) or AdaSPEC against `reference`."""
-    from tokenforge.models.train_demo import batches
-
     torch.manual_seed(cfg.seed)
     gen = np.random.default_rng(cfg.seed)  # the same batches for every method
     model = copy.deepcopy(draft.model).float().train()
     teacher = target.model.eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = adamw(model, cfg.lr, weight_decay=0.0)
     curve, start = [], time.time()
     for step in range(cfg.steps):
-        progress = max(0, step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        scale = (step + 1) / cfg.warmup if step < cfg.warmup else 0.1 + 0.45 * (
-            1 + math.cos(math.pi * progress))
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * scale
+        set_lr(opt, warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup))
         x, _ = batches(stream, cfg.seq_len, cfg.batch_size, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with torch.no_grad():
@@ -97,10 +99,7 @@ def distill(target: LoadedModel, draft: LoadedModel, stream: np.ndarray, cfg: Di
             loss = kl.mean()
         else:
             loss = selective_loss(kl, token_kl(ref_logits, target_logits), cfg.keep)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(model, opt, loss)
         if step % 10 == 0 or step == cfg.steps - 1:
             curve.append({"step": step, "loss": round(loss.item(), 4),
                           "kl_all": round(kl.mean().item(), 4)})
@@ -113,8 +112,6 @@ def distill(target: LoadedModel, draft: LoadedModel, stream: np.ndarray, cfg: Di
 def run_distill(target: str, draft: str, method: str, out: Path, cfg: DistillConfig,
                 reference: str | None = None, log=print) -> dict:
     """Load the models, distil, save `out` (float16 safetensors + tokenizer + distill.json)."""
-    from tokenforge.models.train_demo import save_model
-
     teacher = load_model(target, device="cpu", dtype="float32")
     student = load_model(draft, device="cpu", dtype="float32")
     stream = training_stream(teacher.tokenizer, cfg)

@@ -5,6 +5,9 @@ Whole files are held out for evaluation (chosen by a hash of their relative path
 stable across runs and machines with the same Python version). Everything is seeded; the record
 written next to the weights (`training.json`) holds the corpus hash, Python version, steps, loss
 curve, held-out loss/perplexity and wall time, so a run can be compared with the shipped one.
+The tokenizer is trained by the tokenizer workshop (`tokenforge.tokenization.train`), the models by
+the shared training library (`tokenforge.models.training`); this module holds the corpus split,
+the demo's configuration and the model card.
 
 These are demo models for mechanics and benchmarks, not useful assistants.
 """
@@ -13,45 +16,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import sysconfig
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tokenforge.models.load import DEMO_DIR
+from tokenforge.models.training import (
+    ModelShape,
+    Recipe,
+    build_model,
+    encode_corpus,
+    save_model,
+    train_model,
+)
 
-EOS = "<|endoftext|>"
 TEST_DIRS = {"test", "tests", "idle_test"}
 
 
 @dataclass
-class ModelShape:
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    intermediate_size: int
-    tie_word_embeddings: bool
+class TrainConfig(Recipe):
+    """The demo run: `Recipe`'s defaults (lr 2e-3, 100 warm-up steps, batch 8 x 512, seed 0,
+    64 evaluation windows) plus the tokenizer, corpus split, step counts and the two shapes."""
 
-
-@dataclass
-class TrainConfig:
     vocab_size: int = 8192
     context: int = 1024
-    seq_len: int = 512
-    batch_size: int = 8
     target_steps: int = 900
     draft_steps: int = 900
-    lr: float = 2e-3
-    warmup: int = 100
-    seed: int = 0
     heldout_every: int = 40  # ~2.5% of files, by path hash
-    eval_windows: int = 64
     threads: int = 1  # one thread degrades gracefully on a shared 2-core machine; 2 do not
     target: ModelShape = field(
         default_factory=lambda: ModelShape(256, 6, 8, 4, 768, tie_word_embeddings=False)
@@ -89,135 +84,23 @@ def read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def demo_tokenizer(texts: list[str], vocab_size: int):
+    """The demo's tokenizer: byte-level BPE with GPT-2's pre-tokenizer, no forced tokens, every
+    pair eligible for merging, `<|endoftext|>` as BOS, EOS and padding; trained by the tokenizer
+    workshop's trainer (`tokenforge.tokenization.train`)."""
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=True,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
+    from tokenforge.tokenization.corpora import Corpus, Document
+    from tokenforge.tokenization.train import TrainOptions, train_tokenizer
+
+    opts = TrainOptions(vocab_size=vocab_size, indent_tokens=False, min_frequency=0,
+                        pretokenizer="gpt2")
+    corpus = Corpus("stdlib", "code", [Document(str(i), text.encode()) for i, text in enumerate(texts)])
+    eos = opts.special_tokens[0]
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None, pad_token=EOS,
-        model_max_length=1024,
+        tokenizer_object=train_tokenizer(corpus, opts), eos_token=eos, bos_token=eos,
+        unk_token=None, pad_token=eos, model_max_length=1024,
     )
-
-
-def encode_corpus(tokenizer, texts: list[str]) -> np.ndarray:
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids.append(eos)
-    return np.asarray(ids, dtype=np.int32)
-
-
-def build_model(shape: ModelShape, vocab_size: int, context: int, eos_id: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=shape.hidden_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        intermediate_size=shape.intermediate_size,
-        max_position_embeddings=context,
-        tie_word_embeddings=shape.tie_word_embeddings,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id,
-        rope_theta=10000.0,
-    )
-    return LlamaForCausalLM(config)
-
-
-def batches(stream: np.ndarray, seq_len: int, batch_size: int, gen: np.random.Generator):
-    starts = gen.integers(0, len(stream) - seq_len - 1, size=batch_size)
-    block = np.stack([stream[s : s + seq_len + 1] for s in starts])
-    x = torch.from_numpy(block[:, :-1].astype(np.int64))
-    y = torch.from_numpy(block[:, 1:].astype(np.int64))
-    return x, y
-
-
-@torch.no_grad()
-def evaluate(model, stream: np.ndarray, seq_len: int, windows: int) -> float:
-    """Mean next-token loss over `windows` non-overlapping windows spread evenly over the whole
-    held-out stream (so that every held-out file weighs in, not just the first ones)."""
-    model.eval()
-    n = min(windows, (len(stream) - 1) // seq_len)
-    starts = np.linspace(0, len(stream) - seq_len - 1, n).astype(int)
-    losses = []
-    for start in starts:
-        block = torch.from_numpy(stream[start : start + seq_len + 1].astype(np.int64))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=block[None, :-1]).logits
-        losses.append(torch.nn.functional.cross_entropy(logits[0].float(), block[1:]).item())
-    model.train()
-    return float(np.mean(losses))
-
-
-def train_step(model, opt, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One bf16-autocast AdamW step on next-token loss, gradients clipped at 1; returns the loss."""
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = model(input_ids=x).logits
-    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    return loss
-
-
-def train_model(model, stream, heldout, cfg: TrainConfig, steps: int, name: str, log) -> dict:
-    from tqdm import tqdm
-
-    gen = np.random.default_rng(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        progress = (step - cfg.warmup) / max(1, steps - cfg.warmup)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    curve = []
-    start = time.time()
-    model.train()
-    bar = tqdm(range(steps), desc=f"train {name}")
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        loss = train_step(model, opt, *batches(stream, cfg.seq_len, cfg.batch_size, gen))
-        if step % 50 == 0 or step == steps - 1:
-            curve.append({"step": step, "loss": round(loss.item(), 4)})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            log(f"{name} step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
-    wall = time.time() - start
-    heldout_loss = evaluate(model, heldout, cfg.seq_len, cfg.eval_windows)
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "steps": steps,
-        "tokens_seen": steps * cfg.batch_size * cfg.seq_len,
-        "loss_curve": curve,
-        "heldout_loss": round(heldout_loss, 4),
-        "heldout_perplexity": round(math.exp(heldout_loss), 2),
-        "wall_time_s": round(wall, 1),
-    }
-
-
-def save_model(model, out: Path, tokenizer) -> int:
-    """Save as float16 safetensors (halves the shipped size); returns the weights' byte size."""
-    model = model.to(torch.float16)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return (out / "model.safetensors").stat().st_size
 
 
 def train_demo(out: Path = DEMO_DIR, cfg: TrainConfig | None = None, log=print) -> dict:
@@ -231,7 +114,7 @@ def train_demo(out: Path = DEMO_DIR, cfg: TrainConfig | None = None, log=print) 
 
     t0 = time.time()
     train_texts = [read_text(p) for p in train_files]
-    tokenizer = train_tokenizer(train_texts, cfg.vocab_size)
+    tokenizer = demo_tokenizer(train_texts, cfg.vocab_size)
     stream = encode_corpus(tokenizer, train_texts)
     heldout = encode_corpus(tokenizer, [read_text(p) for p in heldout_files])
     log(f"tokenizer trained: {len(tokenizer)} tokens; {len(stream)} training tokens, "

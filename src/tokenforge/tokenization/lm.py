@@ -5,7 +5,8 @@ Bits per byte is the tokenizer-independent metric of the transplant papers (OMP,
 perplexity ratios; per-token perplexity is not comparable across tokenizers, per-byte is). Each
 document is preceded by the tokenizer's end-of-text token; the stream is cut into non-overlapping
 windows; every content token is scored once (end-of-text targets are not, they stand for no byte).
-Training reuses the demo recipe (`tokenforge.models.train_demo`).
+Training uses the shared library (`tokenforge.models.training`); the donor has the demo draft's
+shape (`tokenforge.models.train_demo.TrainConfig`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tokenforge.models.train_demo import TrainConfig, batches, build_model, train_model, train_step
+from tokenforge.models.train_demo import TrainConfig
+from tokenforge.models.training import (
+    Recipe,
+    adamw,
+    batches,
+    build_model,
+    set_lr,
+    train_model,
+    train_step,
+)
 from tokenforge.tokenization.corpora import as_text
 
 LOGIT_BUDGET = 1 << 27  # floats of logits per forward batch
@@ -77,19 +87,18 @@ class Recovery:
 
 
 def continue_training(model, train: Stream, heldout: Stream, target_bpb: float, max_steps: int,
-                      eval_every: int, cfg: TrainConfig, desc: str = "recover") -> Recovery:
+                      eval_every: int, cfg: Recipe, desc: str = "recover") -> Recovery:
     """Train with a constant learning rate (after a short warm-up) until held-out bits per byte
     reach `target_bpb`, evaluating every `eval_every` steps."""
     gen = np.random.default_rng(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = adamw(model, cfg.lr, weight_decay=0.0)
     result = Recovery(target_bpb, None, [(0, bits_per_byte(model, heldout, cfg.seq_len))])
     if result.curve[0][1] <= target_bpb:
         result.steps = 0
         return result
     model.train()
     for step in tqdm(range(1, max_steps + 1), desc=desc, leave=False):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, step / max(cfg.warmup, 1))
+        set_lr(opt, cfg.lr * min(1.0, step / max(cfg.warmup, 1)))
         train_step(model, opt, *batches(train.ids, cfg.seq_len, cfg.batch_size, gen))
         if step % eval_every == 0:
             bpb = bits_per_byte(model, heldout, cfg.seq_len)

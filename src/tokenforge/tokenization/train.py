@@ -18,6 +18,9 @@
   into random spans of one to four pre-tokens, so merges may cross whitespace; at inference only
   line breaks split the input. TokenAdapt samples span lengths from its own distribution; ours is
   uniform and seeded.
+- `pretokenizer="gpt2"` (bpe only) splits with byte-level BPE's own GPT-2 pattern instead of the
+  Llama-3 one; with no forced tokens and `min_frequency=0` it trains the bundled demo models'
+  tokenizer (`tokenforge.models.train_demo`).
 
 Round-trip (decode(encode(x)) == x) holds for every kind without `nfkc`; with `nfkc` it holds
 for NFKC-normalised text.
@@ -40,6 +43,7 @@ from tokenforge.tokenization.corpora import Corpus, as_text
 from tokenforge.tokenization.handles import LLAMA3_PATTERN, SIDECAR
 
 KINDS = ("bpe", "byte", "char")
+PRETOKENIZERS = ("llama3", "gpt2")
 EOS = "<|endoftext|>"
 INDENT_RUNS = tuple(" " * n for n in range(4, 33, 4)) + tuple("\t" * n for n in range(1, 5))
 BYTE_CHUNK = 8192
@@ -60,6 +64,7 @@ class TrainOptions:
     min_frequency: int = 2
     max_token_length: int | None = None  # char: default 4; byte: default 16; bpe: no cap
     seed: int = 0
+    pretokenizer: str = "llama3"  # bpe only: "gpt2" is ByteLevel's built-in split
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -77,6 +82,12 @@ class TrainOptions:
             raise InvalidOptionError("--nfkc would change raw bytes: drop it for --kind byte")
         if self.max_token_length is not None and not 1 <= self.max_token_length <= 64:
             raise InvalidOptionError("--max-token-length must be between 1 and 64")
+        if self.pretokenizer not in PRETOKENIZERS:
+            raise InvalidOptionError(f"unknown pre-tokenizer '{self.pretokenizer}': use one of "
+                                     f"{', '.join(PRETOKENIZERS)}")
+        if self.pretokenizer == "gpt2" and (self.kind != "bpe" or self.supertokens):
+            raise InvalidOptionError("the gpt2 pre-tokenizer is for --kind bpe without "
+                                     "--supertokens")
 
     @property
     def forced_tokens(self) -> tuple[str, ...]:
@@ -155,7 +166,9 @@ def _build(opts: TrainOptions):
     split = pre_tokenizers.Split(Regex(LINES if opts.supertokens else words), "isolated")
     if opts.kind == "bpe":
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+        tok.pre_tokenizer = (pre_tokenizers.ByteLevel(add_prefix_space=False)
+                             if opts.pretokenizer == "gpt2"
+                             else pre_tokenizers.Sequence([split, byte_level]))
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=opts.vocab_size - opts.reserved,
