@@ -4,8 +4,11 @@ plain forward agree to the last bit and greedy ties cannot flip) and the bundled
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at test time: fail fast instead of retrying
+# calibrations (Token Recycling's tree size) go to a fresh folder per test process, not ~/.cache
+os.environ["TOKENFORGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="tokenforge-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -33,38 +36,32 @@ def word_tokenizer(vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
 def tiny_model(family: str, vocab_size: int = TINY_VOCAB, seed: int = 0, eos: int | None = None,
                layers: int = 2, hidden: int = 32) -> LoadedModel:
     """A random model with peaked logits (large init) so that decoding is not uniform noise."""
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+    import transformers
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
-    if family == "llama":
-        config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=2 * hidden,
-                             max_position_embeddings=512, initializer_range=0.3, **common)
-        model = LlamaForCausalLM(config)
-    elif family == "qwen2":
-        config = Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=2 * hidden,
-                             max_position_embeddings=512, initializer_range=0.3, **common)
-        model = Qwen2ForCausalLM(config)
-    elif family == "gpt2":
-        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
-                            initializer_range=0.3, **common)
-        model = GPT2LMHeadModel(config)
+    common = dict(vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                  initializer_range=0.3)
+    llama_like = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=2 * hidden,
+                      max_position_embeddings=512, **common)
+    if family == "gpt2":
+        config = transformers.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
+                                         **common)
+    elif family == "gemma":
+        config = transformers.GemmaConfig(head_dim=hidden // 4, **llama_like)
+    elif family in FAMILY_CLASSES:
+        config = getattr(transformers, FAMILY_CLASSES[family][0])(**llama_like)
     else:
         raise ValueError(family)
+    model = transformers.AutoModelForCausalLM.from_config(config)
     model = model.double().eval()
     return LoadedModel(model=model, tokenizer=word_tokenizer(vocab_size), name=f"tiny-{family}-{seed}")
 
 
-FAMILIES = ("llama", "qwen2", "gpt2")
+FAMILY_CLASSES = {"llama": ("LlamaConfig",), "qwen2": ("Qwen2Config",),
+                  "mistral": ("MistralConfig",), "phi3": ("Phi3Config",)}
+FAMILIES = ("llama", "qwen2", "gpt2")  # the families most suites run on
+ALL_FAMILIES = ("llama", "qwen2", "gpt2", "mistral", "phi3", "gemma")
 
 
 @pytest.fixture(scope="session", params=FAMILIES)

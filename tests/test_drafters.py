@@ -12,10 +12,11 @@ import tokenforge
 from tests.conftest import prompts, tiny_model
 from tokenforge.decoding.api import make_drafter
 from tokenforge.decoding.drafters.aded import NgramTable
-from tokenforge.decoding.drafters.pld import PromptLookup, match_starts, trie
+from tokenforge.decoding.drafters.pld import PLDOptions, PromptLookup, match_starts, trie
 from tokenforge.decoding.drafters.token_recycling import (
     TEMPLATE_DIR,
     TokenRecycling,
+    TokenRecyclingOptions,
     build_template,
     load_template,
 )
@@ -26,12 +27,12 @@ from tokenforge.errors import InvalidOptionError
 def test_pld_drafts_the_continuation_of_the_latest_match():
     tokens = [5, 6, 7, 1, 5, 6, 8, 2, 9, 5, 6]
     assert match_starts(np.array(tokens), 2).tolist() == [0, 4]
-    tree = PromptLookup(num_draft=3).propose(tokens, max_depth=10)
+    tree = PromptLookup(PLDOptions(num_draft=3)).propose(tokens, max_depth=10)
     assert tree.tokens == [8, 2, 9] and tree.is_chain  # from the match at 4, not at 0
-    both = PromptLookup(num_draft=2, num_matches=2).propose(tokens, max_depth=10)
+    both = PromptLookup(PLDOptions(num_draft=2, num_matches=2)).propose(tokens, max_depth=10)
     assert both.tokens == [8, 2, 7, 1] and both.parents == [-1, 0, -1, 2]
     assert PromptLookup().propose([1, 2, 3], max_depth=10).tokens == []
-    assert PromptLookup(num_draft=10).propose(tokens, max_depth=2).tokens == [8, 2]
+    assert PromptLookup(PLDOptions(num_draft=10)).propose(tokens, max_depth=2).tokens == [8, 2]
 
 
 def test_trie_merges_common_prefixes():
@@ -56,40 +57,49 @@ def test_templates_are_valid_trees_with_the_papers_profile():
 def test_matrix_fits_2mb_at_32k_vocab_and_round_trips(tmp_path):
     loaded = tiny_model("llama", vocab_size=32000, hidden=8, layers=1)
     drafter = TokenRecycling(loaded)
-    assert drafter.state.matrix.nbytes <= 2 * 1024 * 1024
-    drafter.state.matrix[7] = np.arange(8)
+    assert drafter.matrix.nbytes <= 2 * 1024 * 1024
+    drafter.matrix[7] = np.arange(8)
     drafter.save_matrix(tmp_path / "m.npy")
     other = tiny_model("llama", vocab_size=32000, hidden=8, layers=1, seed=1)
-    reloaded = TokenRecycling(other, matrix=str(tmp_path / "m.npy"))
-    assert reloaded.state.matrix[7].tolist() == list(range(8))
+    reloaded = TokenRecycling(other, TokenRecyclingOptions(matrix=str(tmp_path / "m.npy")))
+    assert reloaded.matrix[7].tolist() == list(range(8))
     wrong = tiny_model("llama", vocab_size=64)
     with pytest.raises(InvalidOptionError, match="shape"):
-        TokenRecycling(wrong, matrix=str(tmp_path / "m.npy"))
+        TokenRecycling(wrong, TokenRecyclingOptions(matrix=str(tmp_path / "m.npy")))
 
 
 def test_matrix_is_recycled_and_persists_across_generations():
     loaded = tiny_model("qwen2", seed=4)
     prompt = prompts(1, seed=4)[0]
-    first = tokenforge.generate(loaded, prompt, method="token-recycling", max_new_tokens=40,
-                                tree_size="80")
-    matrix = make_drafter(loaded, "token-recycling").state.matrix
-    assert (matrix[first.token_ids[:-1]] >= 0).all()  # every committed token was a tree node
-    again = tokenforge.generate(loaded, prompt, method="token-recycling", max_new_tokens=40,
-                                tree_size="80")
+    drafter = make_drafter(loaded, "token-recycling", tree_size="80")
+    first = tokenforge.generate(loaded, prompt, max_new_tokens=40, drafter=drafter)
+    assert (drafter.matrix[first.token_ids[:-1]] >= 0).all()  # every committed token was a node
+    again = tokenforge.generate(loaded, prompt, max_new_tokens=40, drafter=drafter)
     assert again.token_ids == first.token_ids
     assert again.stats.target_forwards < first.stats.target_forwards  # warm matrix drafts better
+    fresh = make_drafter(loaded, "token-recycling", tree_size="80")
+    assert (fresh.matrix == -1).all()  # state lives in the drafter, not in the process
 
 
-def test_auto_tree_size_measures_costs_then_chooses():
+def test_auto_tree_size_measures_costs_then_chooses(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENFORGE_CACHE_DIR", str(tmp_path))
     loaded = tiny_model("llama", seed=6)
     drafter = make_drafter(loaded, "token-recycling", explore_steps=5)
     for prompt in prompts(4, seed=6):
         tokenforge.generate(loaded, prompt, max_new_tokens=30, drafter=drafter)
-    state = drafter.state
-    assert state.tree_size in drafter.sizes
-    assert set(state.cost_by_size) == set(drafter.sizes) and min(state.cost_by_size.values()) > 0
+    assert drafter.chosen_size in drafter.sizes
+    costs = drafter.costs.seconds
+    assert set(costs) == set(drafter.sizes) and min(costs.values()) > 0
     # a prefix never accepts more than the full template
-    assert all(state.accepted_by_size[n] <= state.accepted_by_size[80] for n in drafter.sizes)
+    assert all(drafter.accepted_by_size[n] <= drafter.accepted_by_size[80] for n in drafter.sizes)
+    # a new drafter (or process) starts from the stored calibration: no measuring, no exploring
+    again = make_drafter(loaded, "token-recycling", explore_steps=5)
+    tokenforge.generate(loaded, prompts(1, seed=7)[0], max_new_tokens=4, drafter=again)
+    assert again.chosen_size == drafter.chosen_size and again.explored == 0
+    assert again.costs.seconds == costs
+    fresh = make_drafter(loaded, "token-recycling", explore_steps=5, calibrate=True)
+    tokenforge.generate(loaded, prompts(1, seed=7)[0], max_new_tokens=4, drafter=fresh)
+    assert fresh.chosen_size is None and fresh.costs.seconds != costs  # measured again
 
 
 def test_token_recycling_rejects_bad_options():
@@ -111,7 +121,7 @@ def test_ngram_table_prefers_trigrams_and_falls_back_to_bigrams():
 def test_aded_search_drafts_the_frequent_path():
     loaded = tiny_model("llama")
     drafter = make_drafter(loaded, "aded", depth=3)
-    drafter.begin([1, 2, 3, 4] * 5)
+    drafter.begin([1, 2, 3, 4] * 5, target=None)
     tree = drafter.propose([9, 1, 2, 3, 4, 1], max_depth=5)
     assert tree.tokens[:3] == [2, 3, 4] and tree.parents[:3] == [-1, 0, 1]
     assert max(tree.depths) <= 3

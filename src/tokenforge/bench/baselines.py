@@ -14,20 +14,30 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from tokenforge.decoding.engine import eos_token_ids
-from tokenforge.decoding.registry import Method, Option
+from tokenforge.decoding.registry import Method, option, require_positive
 from tokenforge.errors import UnsupportedModelError
 from tokenforge.models.load import LoadedModel
+
+
+@dataclass(frozen=True)
+class HFPLDOptions:
+    prompt_lookup_num_tokens: int = option(10, "tokens drafted per match")
+
+    def __post_init__(self):
+        require_positive(prompt_lookup_num_tokens=self.prompt_lookup_num_tokens)
+
 
 BASELINES: dict[str, Method] = {m.name: m for m in (
     Method("hf-greedy", "transformers GenerationMixin.generate",
            "transformers generate(): greedy (or plain sampling with --temperature)", None),
     Method("hf-pld", "Prompt Lookup Decoding (Saxena 2023), transformers implementation",
            "transformers generate(prompt_lookup_num_tokens=...)", None,
-           options={"prompt_lookup_num_tokens": Option(10, "tokens drafted per match")}),
+           options_type=HFPLDOptions),
     Method("hf-assisted", "assisted generation (Leviathan et al.), transformers implementation",
            "transformers generate(assistant_model=the draft model)", None, needs_draft=True),
 )}

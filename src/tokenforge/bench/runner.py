@@ -249,8 +249,8 @@ class EngineDecoder:
                        draft=self.draft, max_new_tokens=self.max_new_tokens,
                        temperature=self.temperature, seed=seed)
         stats = gen.stats.as_dict()
-        return gen.token_ids, gen.stats.target_forwards, {key: stats[key] for key in TIMERS
-                                                           if key in stats}
+        timers = [key for key in TIMERS if key != "draft_hidden_s" or gen.stats.concurrent]
+        return gen.token_ids, gen.stats.target_forwards, {key: stats[key] for key in timers}
 
 
 def run_method(plan: MethodPlan, target: LoadedModel, draft: LoadedModel | None,

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tokenforge.decoding import engine
-from tokenforge.decoding.engine import GenerationStats
+from tokenforge.decoding.backends import get_backend
+from tokenforge.decoding.drafters.base import Drafter
+from tokenforge.decoding.engine import Generation
 from tokenforge.decoding.registry import get_method
 from tokenforge.decoding.sampling import SamplingParams
 from tokenforge.errors import InvalidOptionError, PromptError
-from tokenforge.models.load import LoadedModel
-
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int]  # new tokens only
-    stats: GenerationStats
-    method: str
+from tokenforge.models.load import LoadedModel, load_model
 
 
 def encode_prompt(loaded: LoadedModel, prompt: str | list[int]) -> list[int]:
@@ -26,8 +19,13 @@ def encode_prompt(loaded: LoadedModel, prompt: str | list[int]) -> list[int]:
         if not prompt:
             raise PromptError("the prompt is empty: give at least one character of text")
         ids = loaded.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
-    else:
+    elif isinstance(prompt, (list, tuple)) and all(_is_int(t) for t in prompt):
         ids = [int(t) for t in prompt]
+    else:
+        raise PromptError(f"the prompt must be a str or a list of token ids (int), got "
+                          f"{type(prompt).__name__}" + (
+                              "; decode bytes first, e.g. prompt.decode('utf-8')"
+                              if isinstance(prompt, (bytes, bytearray)) else ""))
     if not ids:
         raise PromptError("the prompt encodes to no tokens: give a non-empty prompt")
     vocab = loaded.model.get_input_embeddings().num_embeddings
@@ -40,48 +38,78 @@ def encode_prompt(loaded: LoadedModel, prompt: str | list[int]) -> list[int]:
     return ids
 
 
-def generate(model: LoadedModel, prompt: str | list[int], method: str = "vanilla",
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def generate(model: LoadedModel | str, prompt: str | list[int], method: str = "vanilla",
              max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None, stop: list[str] | str | None = None,
-             on_text: Callable[[str], None] | None = None, draft: LoadedModel | None = None,
-             drafter=None, should_stop: Callable[[], bool] | None = None, **options) -> Generation:
+             on_text: Callable[[str], None] | None = None, draft: LoadedModel | str | None = None,
+             drafter: Drafter | None = None, should_stop: Callable[[], bool] | None = None,
+             logprobs: int | None = None, echo: bool = False, sampler: str = "gumbel",
+             backend: str = "auto", **options) -> Generation:
     """Decode `prompt` with `method`; greedy unless `temperature` > 0.
 
-    `options` are the method's own (see `tokenforge methods`); `draft` is the draft model for the
-    draft-model methods; `on_text` receives text as it is produced; `should_stop()` is asked
+    `model` and `draft` are LoadedModels or specs for `load_model` ("demo", a directory, a hub
+    id). `options` are the method's own (see `tokenforge methods`); `draft` is the draft model of
+    the draft-model methods; `on_text` receives text as it is produced; `should_stop()` is asked
     before every step (True ends the generation, finish_reason "cancelled"); `drafter` reuses a
-    drafter built by `make_drafter` (the benchmark does, to keep drafter state across prompts).
+    drafter built by `make_drafter` (the benchmark and the server do, to keep its state).
+    `logprobs=N` adds each new token's log-probability and the N most likely alternatives
+    (`Generation.logprobs`); `echo=True` adds the prompt's (`Generation.prompt_logprobs`), and
+    then `max_new_tokens` may be 0. `sampler` ("gumbel" or "rejection") chooses how sampling
+    works when temperature > 0 (see decoding/sampling.py); `backend` ("auto", "static",
+    "transformers") how the target's forwards run.
     """
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
-        raise InvalidOptionError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    model = _loaded(model, "model")
+    draft = _loaded(draft, "draft") if draft is not None else None
+    minimum = 0 if echo else 1
+    if not _is_int(max_new_tokens) or max_new_tokens < minimum:
+        raise InvalidOptionError(f"max_new_tokens must be an integer >= {minimum}, got "
+                                 f"{max_new_tokens!r}" + (" (0 only with echo=True)" if not echo
+                                                          else ""))
+    if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= 20):
+        raise InvalidOptionError(f"logprobs must be an integer in [0, 20], got {logprobs!r}")
+    if on_text is not None and not callable(on_text):
+        raise InvalidOptionError(f"on_text must be callable, got {type(on_text).__name__}")
+    if should_stop is not None and not callable(should_stop):
+        raise InvalidOptionError(f"should_stop must be callable, got {type(should_stop).__name__}")
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                              sampler=sampler)
     if isinstance(stop, str):
         stop = [stop]
-    if stop is not None and not all(isinstance(s, str) and s for s in stop):
+    if stop is not None and not (isinstance(stop, (list, tuple))
+                                 and all(isinstance(s, str) and s for s in stop)):
         raise InvalidOptionError("stop must be a non-empty string or a list of them")
     if drafter is None:
         drafter = make_drafter(model, method, draft, **options)
     elif options:
         raise InvalidOptionError("pass options to make_drafter when you pass a drafter")
     prompt_ids = encode_prompt(model, prompt)
-    if hasattr(drafter, "generate_ids"):  # a schedule that changes the loop itself (e.g. PEARL)
-        ids, text, stats = drafter.generate_ids(model.model, model.tokenizer, prompt_ids, sampling,
-                                                max_new_tokens, model.context_length, stop, on_text,
-                                                should_stop=should_stop)
-    else:
-        ids, text, stats = engine.run(model.model, model.tokenizer, prompt_ids, drafter, sampling,
-                                      max_new_tokens, model.context_length, stop, on_text,
-                                      should_stop=should_stop)
-    return Generation(text=text, token_ids=ids, stats=stats, method=method)
+    return engine.run(get_backend(model, backend), model.tokenizer, prompt_ids, drafter,
+                      sampling, max_new_tokens, model.context_length, list(stop or []) or None,
+                      on_text, should_stop=should_stop, logprobs=logprobs, echo=echo,
+                      method=method)
 
 
-def make_drafter(model: LoadedModel, method: str, draft: LoadedModel | None = None, **options):
+def _loaded(model, role: str) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model)
+    raise InvalidOptionError(f"{role} must be a LoadedModel (from tokenforge.load_model) or a "
+                             f"model name such as 'demo', got {type(model).__name__}")
+
+
+def make_drafter(model: LoadedModel, method: str, draft: LoadedModel | None = None, **options
+                 ) -> Drafter | None:
     """The drafter for `method` with its options resolved (None for plain decoding)."""
     spec = get_method(method)
-    resolved = spec.resolve_options(options)
+    parsed = spec.parse(options)
     if spec.needs_draft and draft is None:
         raise InvalidOptionError(f"method '{method}' needs a draft model: pass draft= (CLI: "
                                  "--draft-model demo-draft)")
-    if spec.factory is None:
+    if spec.build is None:
         return None
-    return spec.factory(model, draft, **resolved)
+    return spec.build(model, draft, parsed)

@@ -1,17 +1,19 @@
-"""The speculative loop: propose -> one target forward -> verify -> commit -> feedback.
+"""The one decoding loop: prefill, then steps of propose -> one target forward -> verify -> commit.
 
     prefill(prompt) -> first token (the root of the first tree)
     while not finished:
         tree   = drafter.propose(tokens)          # empty tree = plain decoding
         logits = target([root] + tree)            # ONE forward, tree mask, positions prefix + depth
-        result = verify(tree, logits, sampling)   # accepted path + bonus token
-        kv.keep(root + path); emit(result.tokens)  # cache = every committed token but the newest
+        result = verify(tree, logits, sampler)    # accepted path + bonus token
+        keep(root + path); emit(result.tokens)    # cache = every committed token but the newest
         drafter.feedback(tree, logits, result)
 
-The newest committed token is always the next tree's root, so plain decoding (no drafter) is one
-forward per token and scores exactly 1.0 mean accepted tokens; the prefill counts as a forward.
-Models whose attention ignores custom masks (flash-attention kernels) fall back to the tree's
-first chain, which stays lossless.
+How a step is arranged is the drafter's schedule (schedules/base.py: `Sequential`, or PEARL's
+concurrent rounds); everything else lives here once: the backend and its cache, the sampler,
+the stopper, stats, logprobs and the step hook. The newest committed token is always the next
+tree's root, so plain decoding (no drafter) is one forward per token and scores exactly 1.0 mean
+accepted tokens; the prefill counts as a forward. A backend whose attention ignores custom masks
+verifies the tree's first chain, which stays lossless.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokenforge.decoding import kv
+from tokenforge.decoding.backends import Backend
 from tokenforge.decoding.drafters.base import Drafter
-from tokenforge.decoding.sampling import SamplingParams
+from tokenforge.decoding.sampling import Sampler, SamplingParams
+from tokenforge.decoding.schedules.base import SEQUENTIAL, Schedule
+from tokenforge.decoding.stopper import Stopper
 from tokenforge.decoding.tree import TokenTree
-from tokenforge.decoding.verify import verify
-from tokenforge.errors import UnsupportedModelError
+from tokenforge.decoding.verify import VerifyResult, verify
 
-NO_TREE_MASK = {"flash_attention_2", "flash_attention_3"}
+TREE_HEADROOM = 128  # cache slots beyond prompt + budget that a tree forward may use
 
 
 @dataclass
@@ -39,10 +42,16 @@ class GenerationStats:
     new_tokens: int = 0
     target_forwards: int = 0
     acceptance_histogram: dict[int, int] = field(default_factory=dict)  # accepted drafts -> steps
+    forward_sizes: dict[int, int] = field(default_factory=dict)  # tokens per forward -> forwards
+    draft_forward_sizes: dict[int, int] = field(default_factory=dict)  # the draft model's
     draft_s: float = 0.0
     verify_s: float = 0.0
     other_s: float = 0.0
     total_s: float = 0.0
+    draft_hidden_s: float = 0.0  # concurrent schedules: wall time the overlap saved
+    concurrent: bool = False
+    backend: str = ""
+    sampler: str = ""
     finish_reason: str = "length"  # length | eos | stop | context | cancelled
 
     @property
@@ -53,68 +62,94 @@ class GenerationStats:
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.total_s if self.total_s else 0.0
 
+    @property
+    def overlap(self) -> float | None:
+        """Concurrent schedules: draft time hidden behind the target's forwards ÷ draft time."""
+        if not self.concurrent:
+            return None
+        return self.draft_hidden_s / self.draft_s if self.draft_s else 0.0
+
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items()}
+        out = dict(self.__dict__)
         out["mean_accepted_tokens"] = self.mean_accepted_tokens
         out["tokens_per_s"] = self.tokens_per_s
+        if self.concurrent:
+            out["overlap"] = self.overlap
         return out
 
 
-class Stopper:
-    """Tracks EOS, stop strings and the token budget; decodes text only when it is needed."""
+@dataclass
+class TokenLogprob:
+    """A token's log-probability under the target (see SamplingParams.logprobs) and the top
+    alternatives at its position, most likely first. The prompt's first token has none."""
 
-    def __init__(self, tokenizer, eos_ids: set[int], max_new_tokens: int, stop: list[str],
-                 on_text: Callable[[str], None] | None):
-        self.tokenizer, self.eos_ids, self.budget = tokenizer, eos_ids, max_new_tokens
-        self.stop, self.on_text = stop, on_text
-        self.tokens: list[int] = []
-        self.text = ""
-        self.sent = 0
-        self.reason: str | None = None
+    token: int
+    logprob: float | None
+    top: list[tuple[int, float]]
 
-    def add(self, new: list[int]) -> bool:
-        """Append tokens one by one until a stop condition; returns True when finished."""
-        for token in new:
-            self.tokens.append(token)
-            if token in self.eos_ids:
-                self.reason = "eos"
-            elif len(self.tokens) >= self.budget:
-                self.reason = "length"
-            if self.reason:
-                break
-        if self.stop or self.on_text:
-            self._update_text()
-        return self.reason is not None
 
-    def next_step(self, prompt_ids: list[int], limit: int,
-                  should_stop: Callable[[], bool] | None) -> tuple[list[int], int] | None:
-        """Before a step: (committed tokens, deepest draft node worth verifying), or None when
-        the generation must end first (cancelled, or the context is full)."""
-        if should_stop and should_stop():
-            self.reason = "cancelled"
-            return None
-        tokens = prompt_ids + self.tokens
-        if len(tokens) >= limit:
-            self.reason = "context"
-            return None
-        return tokens, min(self.budget - len(self.tokens), limit - len(tokens)) - 1
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]  # new tokens only
+    stats: GenerationStats
+    method: str
+    logprobs: list[TokenLogprob] | None = None  # one per new token, when asked for
+    prompt_logprobs: list[TokenLogprob] | None = None  # one per prompt token (echo)
 
-    def _update_text(self) -> None:
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if self.stop:
-            search_from = max(0, len(self.text) - max(map(len, self.stop)))
-            hits = [i for i in (text.find(s, search_from) for s in self.stop) if i >= 0]
-            if hits:
-                text, self.reason = text[: min(hits)], "stop"
-        self.text = text
-        if self.on_text:
-            ready = len(text) if self.reason else len(text.rstrip("\ufffd"))
-            if self.stop and not self.reason:  # hold back what could still become a stop string
-                ready = min(ready, max(0, len(text) - max(map(len, self.stop)) + 1))
-            ready = max(ready, self.sent)
-            if ready > self.sent:
-                self.on_text(text[self.sent : ready])
-                self.sent = ready
+
+class Session:
+    """One generation as a schedule sees it: the target backend, the drafter and the sampler.
+    Every draft, target forward and verification goes through here, so stats are kept in one
+    place whatever the schedule."""
+
+    def __init__(self, target: Backend, drafter: Drafter | None, sampler: Sampler,
+                 stats: GenerationStats):
+        self.target, self.drafter, self.sampler, self.stats = target, drafter, sampler, stats
+        self.forward_sizes: Counter[int] = Counter()
+
+    def propose(self, tokens: list[int], max_depth: int) -> TokenTree:
+        if self.drafter is None or max_depth <= 0:
+            return TokenTree()
+        start = time.perf_counter()
+        tree = self.drafter.propose(tokens, max_depth).truncate(max_depth)
+        if not self.target.supports_tree:
+            tree = tree.first_chain()
+        self.stats.draft_s += time.perf_counter() - start
+        return tree
+
+    def forward(self, root: int, tree: TokenTree) -> torch.Tensor:
+        """One target forward over [root] + tree, appended after the cached tokens."""
+        start = time.perf_counter()
+        tokens = [root] + tree.tokens
+        if tree.is_chain:  # the causal mask is exactly the chain's mask
+            logits = self.target.forward(tokens)
+        else:
+            logits = self.target.forward(tokens, positions=self.target.length + tree.offsets(),
+                                         mask=tree.block_mask())
+        self.stats.target_forwards += 1
+        self.forward_sizes[len(tokens)] += 1
+        self.stats.verify_s += time.perf_counter() - start
+        return logits
+
+    def verify(self, tree: TokenTree, logits: torch.Tensor, first_index: int) -> VerifyResult:
+        """`first_index`: the sequence index of the token the root's row chooses."""
+        start = time.perf_counter()
+        result = verify(tree, logits, self.sampler, first_index)
+        self.stats.verify_s += time.perf_counter() - start
+        return result
+
+    def keep(self, prefix_len: int, path: list[int]) -> None:
+        """Keep the root and the accepted `path` of the tree forwarded after `prefix_len`."""
+        start = time.perf_counter()
+        self.target.keep(prefix_len, [0] + [node + 1 for node in path])
+        self.stats.verify_s += time.perf_counter() - start
+
+    def feedback(self, tree: TokenTree, logits: torch.Tensor, result: VerifyResult) -> None:
+        if self.drafter is not None:
+            start = time.perf_counter()
+            self.drafter.feedback(tree, logits, result)
+            self.stats.draft_s += time.perf_counter() - start
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -126,94 +161,105 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
 
 
-def run(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
+def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
         sampling: SamplingParams, max_new_tokens: int, context: int | None,
         stop: list[str] | None = None, on_text: Callable[[str], None] | None = None,
-        step_hook: Callable[[object, list[int]], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        ) -> tuple[list[int], str, GenerationStats]:
-    """Generate from `prompt_ids`; returns (new token ids, text, stats). Inputs are validated by
-    the caller (api.generate). `step_hook(cache, committed_tokens)` runs after every commit that
-    does not finish the generation (the tests check the KV invariant with it). `should_stop()` is
-    asked before every step; True ends the generation with finish_reason "cancelled"."""
+        step_hook: Callable[[Backend, list[int]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None, logprobs: int | None = None,
+        echo: bool = False, method: str = "vanilla") -> Generation:
+    """Generate from `prompt_ids` (validated by api.generate). `step_hook(backend, committed)`
+    runs after every commit that does not finish the generation (the tests check the KV
+    invariant with it); `should_stop()` is asked before every step (True ends the generation,
+    finish_reason "cancelled"). `logprobs=N` reports each new token's log-probability and the
+    top N; `echo` also the prompt's (then max_new_tokens may be 0: the prompt is only scored)."""
     start = time.perf_counter()
-    device = next(model.parameters()).device
-    stats = GenerationStats(prompt_tokens=len(prompt_ids))
-    gen = None if sampling.greedy else sampling.generator()
-    tree_mask = getattr(model.config, "_attn_implementation", None) not in NO_TREE_MASK
-    stopper = Stopper(tokenizer, eos_token_ids(model, tokenizer), max_new_tokens, stop or [],
-                      on_text)
+    schedule: Schedule = drafter.schedule if drafter is not None else SEQUENTIAL
+    sampler = Sampler(sampling, target.vocab_size, target.device)
+    stats = GenerationStats(prompt_tokens=len(prompt_ids), backend=target.describe(),
+                            sampler=sampler.kind, concurrent=schedule.concurrent)
+    stopper = Stopper(tokenizer, eos_token_ids(target.model, tokenizer), max_new_tokens,
+                      stop or [], on_text)
+    session = Session(target, drafter, sampler, stats)
+    scorer = Logprobs(sampling, logprobs) if logprobs is not None or echo else None
     hist: Counter[int] = Counter()
     limit = context or 1 << 62
+    prompt_scores = None
 
     with torch.inference_mode():
-        cache = kv.new_cache(model)
-        logits = kv.cached_forward(model, torch.tensor([prompt_ids], device=device), cache)
+        target.begin(min(limit, len(prompt_ids) + max_new_tokens) + TREE_HEADROOM)
+        logits = target.forward(prompt_ids, last_only=not echo)
         stats.target_forwards = 1
-        done = stopper.add([sampling.sample(logits[-1], gen) if gen else int(logits[-1].argmax())])
-        if step_hook and not done:
-            step_hook(cache, prompt_ids + stopper.tokens)
-        if drafter is not None:
+        if echo:
+            prompt_scores = scorer.prompt(prompt_ids, logits)
+        done = max_new_tokens == 0
+        if not done:
+            first = sampler.choose(logits[-1:], [len(prompt_ids)])
+            stopper.add(first)
+            if scorer is not None:
+                scorer.add(logits[-1:], first)
+            done = stopper.finished
+        if drafter is not None and not done:
             t = time.perf_counter()
-            if hasattr(drafter, "set_sampling"):  # stochastic drafters sample with the same params
-                drafter.set_sampling(sampling)
-            drafter.begin(list(prompt_ids))
+            drafter.set_sampling(sampler)
+            drafter.begin(list(prompt_ids), target)
             stats.draft_s += time.perf_counter() - t
+            schedule.begin(session)
+        if step_hook and not done:
+            step_hook(target, prompt_ids + stopper.tokens)
         while not done:
-            step = stopper.next_step(prompt_ids, limit, should_stop)
-            if step is None:
+            room = stopper.next_step(len(prompt_ids), limit, should_stop)
+            if room is None:
                 break
-            tokens, max_depth = step
-            prefix_len = len(tokens) - 1
-            tree = TokenTree()
-            if drafter is not None and max_depth > 0:
-                t = time.perf_counter()
-                tree = drafter.propose(tokens, max_depth).truncate(max_depth)
-                if not tree_mask:
-                    tree = tree.first_chain()
-                stats.draft_s += time.perf_counter() - t
-
-            t = time.perf_counter()
-            logits = tree_forward(model, tokens[-1], tree, prefix_len, cache, device)
-            stats.target_forwards += 1
-            result = verify(tree, logits, sampling, gen)
-            kv.keep(cache, prefix_len, [0] + [i + 1 for i in result.path])
-            stats.verify_s += time.perf_counter() - t
-            hist[len(result.path)] += 1
-
-            if drafter is not None:
-                t = time.perf_counter()
-                drafter.feedback(tree, logits, result)
-                stats.draft_s += time.perf_counter() - t
-            done = stopper.add(result.tokens)
+            commit = schedule.step(session, prompt_ids + stopper.tokens, room)
+            hist[commit.accepted] += 1
+            kept = stopper.add(commit.tokens)
+            if scorer is not None:
+                scorer.add(commit.logits[commit.rows[:kept]], commit.tokens[:kept])
+            sampler.forget_before(len(prompt_ids) + len(stopper.tokens))
+            done = stopper.finished
             if step_hook and not done:
-                step_hook(cache, prompt_ids + stopper.tokens)
+                step_hook(target, prompt_ids + stopper.tokens)
 
-    return finish(stopper, stats, hist, start)
-
-
-def finish(stopper: Stopper, stats: GenerationStats, hist: Counter, start: float,
-           ) -> tuple[list[int], str, GenerationStats]:
-    """Close a generation's stats and text (shared by every loop: the engine and schedules)."""
-    text = stopper.text if (stopper.stop or stopper.on_text) else stopper.tokenizer.decode(
-        stopper.tokens, skip_special_tokens=True)
+    stopper.close()
     stats.new_tokens = len(stopper.tokens)
     stats.finish_reason = stopper.reason or "length"
     stats.acceptance_histogram = dict(sorted(hist.items()))
+    stats.forward_sizes = dict(sorted(session.forward_sizes.items()))
+    if drafter is not None:
+        stats.draft_forward_sizes = dict(sorted(drafter.draft_forward_sizes().items()))
     stats.total_s = time.perf_counter() - start
     stats.other_s = max(0.0, stats.total_s - stats.draft_s - stats.verify_s)
-    return stopper.tokens, text, stats
+    return Generation(text=stopper.text(), token_ids=stopper.tokens, stats=stats, method=method,
+                      logprobs=scorer.tokens if logprobs is not None else None,
+                      prompt_logprobs=prompt_scores)
 
 
-def tree_forward(model, root: int, tree: TokenTree, prefix_len: int, cache, device):
-    input_ids = torch.tensor([[root] + tree.tokens], device=device)
-    if tree.is_chain:  # the model's own causal mask is exactly the chain's mask
-        return kv.cached_forward(model, input_ids, cache)
-    try:
-        return kv.cached_forward(model, input_ids, cache,
-                                 position_ids=tree.position_ids(prefix_len, device),
-                                 attention_mask=tree.attention_mask(prefix_len, device))
-    except (RuntimeError, ValueError, TypeError) as err:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} could not run a token tree with a custom 4D attention mask "
-            f"({str(err).splitlines()[0]}); use a chain method such as pld or sps") from None
+class Logprobs:
+    """Collects TokenLogprob for the committed tokens from the rows that chose them."""
+
+    def __init__(self, sampling: SamplingParams, top: int | None):
+        self.sampling, self.top = sampling, top or 0
+        self.tokens: list[TokenLogprob] = []
+
+    def score(self, rows: torch.Tensor, tokens: list[int]) -> list[TokenLogprob]:
+        logp = self.sampling.logprobs(rows).cpu()
+        chosen = logp.gather(1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+        out = []
+        top_values, top_ids = (torch.topk(logp, min(self.top, logp.shape[-1]), dim=-1)
+                               if self.top else (None, None))
+        for i, token in enumerate(tokens):
+            top = []
+            if top_ids is not None:
+                top = [(t, v) for t, v in zip(top_ids[i].tolist(), top_values[i].tolist())
+                       if v > float("-inf")]
+            out.append(TokenLogprob(token, chosen[i], top))
+        return out
+
+    def add(self, rows: torch.Tensor, tokens: list[int]) -> None:
+        if tokens:
+            self.tokens.extend(self.score(rows, tokens))
+
+    def prompt(self, prompt_ids: list[int], logits: torch.Tensor) -> list[TokenLogprob]:
+        """Row i of the prefill's logits chose prompt token i + 1; the first token has none."""
+        first = TokenLogprob(prompt_ids[0], None, [])
+        return [first] + self.score(logits[:-1], prompt_ids[1:])

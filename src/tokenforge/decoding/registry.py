@@ -1,18 +1,37 @@
-"""Method name -> factory, paper reference and option schema with defaults."""
+"""Method name -> drafter, paper reference and options.
+
+A method's options are declared once, as a dataclass whose fields carry their help text
+(`option(default, help)`); its `__post_init__` validates them. `Method.parse` turns user input
+(keyword arguments, or `key=value` strings from the CLI) into that dataclass, typed by each
+field's default, and `Method.build(target, draft, options)` makes the drafter. Registering a
+name twice is an error. The built-in methods register themselves when their module under
+`drafters/` or `schedules/` is imported (`_load_builtin`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tokenforge.errors import InvalidOptionError
 
 
-@dataclass
+@dataclass(frozen=True)
 class Option:
     default: object
     help: str
     choices: tuple | None = None
+
+
+def option(default, help: str, choices: tuple | None = None):
+    """A field of an options dataclass: its default, its help text, its allowed values."""
+    return field(default=default, metadata={"option": Option(default, help, choices)})
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
 
 
 @dataclass
@@ -20,24 +39,39 @@ class Method:
     name: str
     paper: str
     summary: str
-    factory: Callable[..., object] | None  # (target: LoadedModel, draft: LoadedModel | None, **opts)
-    options: dict[str, Option] = field(default_factory=dict)
+    build: Callable[..., object] | None  # (target: LoadedModel, draft: LoadedModel | None, opts)
+    options_type: type = NoOptions
     needs_draft: bool = False
 
-    def resolve_options(self, given: dict) -> dict:
-        unknown = set(given) - set(self.options)
+    @property
+    def options(self) -> dict[str, Option]:
+        return {f.name: f.metadata["option"] for f in dataclasses.fields(self.options_type)}
+
+    def parse(self, given: dict):
+        """The options dataclass for `given` (missing keys take their defaults)."""
+        declared = self.options
+        unknown = set(given) - set(declared)
         if unknown:
-            valid = ", ".join(sorted(self.options)) or "none"
+            valid = ", ".join(sorted(declared)) or "none"
             raise InvalidOptionError(f"unknown option(s) {', '.join(sorted(unknown))} for method "
                                      f"'{self.name}'; valid options: {valid}")
-        resolved = {}
-        for key, option in self.options.items():
-            value = coerce(key, given.get(key, option.default), option.default)
-            if option.choices and value not in option.choices:
+        values = {}
+        for key, spec in declared.items():
+            value = coerce(key, given.get(key, spec.default), spec.default)
+            if spec.choices and value not in spec.choices:
                 raise InvalidOptionError(f"option {self.name}.{key} must be one of "
-                                         f"{', '.join(map(str, option.choices))}, got {value!r}")
-            resolved[key] = value
-        return resolved
+                                         f"{', '.join(map(str, spec.choices))}, got {value!r}")
+            values[key] = value
+        try:
+            return self.options_type(**values)
+        except (TypeError, ValueError) as err:
+            if isinstance(err, InvalidOptionError):
+                raise
+            raise InvalidOptionError(f"{self.name}: {err}") from None
+
+    def resolve_options(self, given: dict) -> dict:
+        """The validated options as a plain dict (for results files and cache keys)."""
+        return dataclasses.asdict(self.parse(given))
 
 
 def coerce(key: str, value, default):
@@ -53,10 +87,12 @@ def coerce(key: str, value, default):
                 return False
             raise ValueError
         if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
         return type(default)(value)
     except (TypeError, ValueError):
@@ -70,37 +106,48 @@ def require_positive(**values) -> None:
             raise InvalidOptionError(f"option '{key}' must be positive, got {value}")
 
 
-METHODS: dict[str, Method] = {}
+class Registry:
+    """Every decoding method by name; built-in methods are imported on first use."""
+
+    def __init__(self):
+        self.methods: dict[str, Method] = {}
+        self._loaded = False
+
+    def register(self, method: Method) -> Method:
+        if method.name in self.methods:
+            raise ValueError(f"a decoding method named '{method.name}' is already registered")
+        self.methods[method.name] = method
+        return method
+
+    def get(self, name: str) -> Method:
+        self._load_builtin()
+        if name not in self.methods:
+            raise InvalidOptionError(f"unknown method '{name}'; available: "
+                                     f"{', '.join(sorted(self.methods))} (see `tokenforge methods`)")
+        return self.methods[name]
+
+    def all(self) -> list[Method]:
+        self._load_builtin()
+        return [self.methods[name] for name in sorted(self.methods)]
+
+    def _load_builtin(self) -> None:
+        """Import every module of the method packages: each registers its method(s)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        import importlib
+        import pkgutil
+
+        for package in ("drafters", "schedules"):
+            pkg = importlib.import_module(f"tokenforge.decoding.{package}")
+            for info in pkgutil.iter_modules(pkg.__path__):
+                importlib.import_module(f"{pkg.__name__}.{info.name}")
 
 
-def register(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
-
-
-def get_method(name: str) -> Method:
-    _load_builtin()
-    if name not in METHODS:
-        raise InvalidOptionError(f"unknown method '{name}'; available: {', '.join(sorted(METHODS))}"
-                                 " (see `tokenforge methods`)")
-    return METHODS[name]
-
-
-def all_methods() -> list[Method]:
-    _load_builtin()
-    return [METHODS[name] for name in sorted(METHODS)]
-
-
-def _load_builtin() -> None:
-    """Import every module of the method packages: each registers its method(s) on import."""
-    import importlib
-    import pkgutil
-
-    for package in ("drafters", "schedules", "strategies"):
-        pkg = importlib.import_module(f"tokenforge.decoding.{package}")
-        for info in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
-
+REGISTRY = Registry()
+register = REGISTRY.register
+get_method = REGISTRY.get
+all_methods = REGISTRY.all
 
 register(Method("vanilla", "-", "plain autoregressive decoding with a KV cache (the reference)",
-                factory=None))
+                build=None))

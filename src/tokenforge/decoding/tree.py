@@ -10,7 +10,7 @@ children were drawn from, row i + 1 the one node i's children were drawn from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -56,25 +56,14 @@ class TokenTree:
             kids[parent + 1].append(i)
         return kids
 
-    def position_ids(self, prefix_len: int, device) -> torch.Tensor:
-        """Positions of [root] + nodes: the root sits at prefix_len, a node at prefix_len + depth."""
-        return torch.tensor([[prefix_len] + [prefix_len + d for d in self.depths]], device=device)
+    def block_mask(self) -> np.ndarray:
+        """(1 + n, 1 + n) bool over [root] + nodes: row r may attend to column c (True) when c is
+        r itself or one of its ancestors. Cached per tree shape: templates repeat every step."""
+        return _ancestors(tuple(self.parents))
 
-    def attention_mask(self, prefix_len: int, device, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """(1, 1, 1 + n, prefix_len + 1 + n) mask: every row sees the prefix, the root, its
-        ancestors and itself. Bool by default (True = attend), additive float if `dtype` is given."""
-        q = len(self) + 1
-        ancestors = np.zeros((q, q), dtype=bool)  # row = query node, True = may attend
-        ancestors[0, 0] = True
-        for i, parent in enumerate(self.parents):
-            ancestors[i + 1] = ancestors[parent + 1]
-            ancestors[i + 1, i + 1] = True
-        mask = np.concatenate([np.ones((q, prefix_len), dtype=bool), ancestors], axis=1)
-        mask = torch.from_numpy(mask)[None, None].to(device)
-        if dtype is None:
-            return mask
-        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(
-            ~mask, torch.finfo(dtype).min)
+    def offsets(self) -> np.ndarray:
+        """Position offsets of [root] + nodes from the root: 0 for the root, depth for a node."""
+        return np.array([0] + self.depths, dtype=np.int64)
 
     def subtree(self, keep: list[int]) -> TokenTree:
         """The tree restricted to the ascending node indices `keep` (each one's parent kept too)."""
@@ -101,6 +90,17 @@ class TokenTree:
             keep.append(node)
         return self.subtree(keep)
 
+    def map_into(self, other: TokenTree) -> list[int]:
+        """For a tree cut from `other` (a subtree, its first chain): each node's index in
+        `other`, found by walking `other` by token under the mapped parent."""
+        if other is self:
+            return list(range(len(self)))
+        mapped: list[int] = []
+        for token, parent in zip(self.tokens, self.parents):
+            under = -1 if parent < 0 else mapped[parent]
+            mapped.append(next(c for c in other.children[under + 1] if other.tokens[c] == token))
+        return mapped
+
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root's child down to `node` (inclusive)."""
         path = []
@@ -108,3 +108,19 @@ class TokenTree:
             path.append(node)
             node = self.parents[node]
         return path[::-1]
+
+
+@lru_cache(maxsize=256)
+def _ancestors(parents: tuple[int, ...]) -> np.ndarray:
+    """Ancestor-or-self matrix of [root] + nodes, by levels: A <- I | P A, once per depth."""
+    q = len(parents) + 1
+    parent_of = np.array([0] + [p + 1 for p in parents])  # the root is its own parent
+    mask = np.eye(q, dtype=bool)
+    reach = np.arange(q)
+    while True:
+        reach = parent_of[reach]
+        if mask[np.arange(q), reach].all():
+            break
+        mask[np.arange(q), reach] = True
+    mask.flags.writeable = False
+    return mask

@@ -1,15 +1,18 @@
 """Lossless verification of a TokenTree against the target's logits at [root] + nodes.
 
-Greedy: a child is accepted when it equals the target's argmax at its parent; the longest accepted
-path wins and the argmax after its last node is the bonus token.
+Deterministic samplers (greedy, gumbel): each row of the target's logits makes one choice (the
+argmax, or the Gumbel-max choice for the row's sequence index, see sampling.py). A child is
+accepted when it equals its parent's choice; the longest accepted path wins and the choice after
+its last node is the bonus token. The output is then exactly the output of plain decoding.
 
-Sampling (exactly the target's distribution), walking down from the root:
+Rejection sampler (exactly the target's distribution), walking down from the root:
 - deterministic drafts (no `draft_probs`, q one-hot): child x is accepted with probability p(x);
   on rejection p(x) <- 0 and p is renormalised before the next sibling is tried;
 - stochastic drafts (SpecInfer multi-draft rejection): x is accepted with probability
   min(1, p(x) / q(x)); on rejection p <- norm(max(0, p - q)); when siblings were drawn without
   replacement (RSD), q also drops x and is renormalised;
-- when no child is accepted the bonus token is drawn from what is left of p.
+- when no child is accepted the bonus token is drawn from what is left of p. If float32
+  rounding leaves nothing of p (q ~ p), the bonus is drawn from p itself.
 p goes through SamplingParams.probs (temperature, top-k, top-p) in float32 on the CPU.
 """
 
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenforge.decoding.sampling import SamplingParams, sample_from
+from tokenforge.decoding.sampling import Sampler, sample_from
 from tokenforge.decoding.tree import TokenTree
 
 
@@ -28,36 +31,44 @@ class VerifyResult:
     path: list[int]  # accepted node indices, root's child first
     tokens: list[int]  # accepted tokens followed by the bonus token
 
-
-def verify(tree: TokenTree, logits: torch.Tensor, sampling: SamplingParams,
-           gen: torch.Generator | None = None) -> VerifyResult:
-    if sampling.greedy:
-        return verify_greedy(tree, logits.argmax(-1).tolist())
-    return verify_sampling(tree, logits, sampling, gen)
+    @property
+    def rows(self) -> list[int]:
+        """The logits row each token of `tokens` was chosen from (0 = the root's row)."""
+        return [0] + [node + 1 for node in self.path]
 
 
-def verify_greedy(tree: TokenTree, argmax: list[int]) -> VerifyResult:
-    def longest(node: int) -> list[int]:
-        best: list[int] = []
-        want = argmax[node + 1]
+def verify(tree: TokenTree, logits: torch.Tensor, sampler: Sampler, first_index: int
+           ) -> VerifyResult:
+    """`first_index`: the sequence index of the token the root's row chooses."""
+    if sampler.deterministic:
+        indices = [first_index] + [first_index + d for d in tree.depths]
+        return verify_choices(tree, sampler.choose(logits, indices))
+    return verify_sampling(tree, logits, sampler)
+
+
+def verify_choices(tree: TokenTree, choice: list[int]) -> VerifyResult:
+    """Greedy verification against one choice per row ([root] + nodes)."""
+    path: list[int] = []
+    best: list[int] = []
+    stack = [(-1, path)]
+    while stack:  # depth-first over accepted nodes; keeps the longest accepted path
+        node, so_far = stack.pop()
+        if len(so_far) > len(best):
+            best = so_far
+        want = choice[node + 1]
         for child in tree.children[node + 1]:
             if tree.tokens[child] == want:
-                path = [child] + longest(child)
-                if len(path) > len(best):
-                    best = path
-        return best
-
-    path = longest(-1)
-    last = path[-1] if path else -1
-    return VerifyResult(path, [tree.tokens[i] for i in path] + [argmax[last + 1]])
+                stack.append((child, so_far + [child]))
+    last = best[-1] if best else -1
+    return VerifyResult(best, [tree.tokens[i] for i in best] + [choice[last + 1]])
 
 
-def verify_sampling(tree: TokenTree, logits: torch.Tensor, sampling: SamplingParams,
-                    gen: torch.Generator) -> VerifyResult:
+def verify_sampling(tree: TokenTree, logits: torch.Tensor, sampler: Sampler) -> VerifyResult:
+    params, gen = sampler.params, sampler.gen
     path: list[int] = []
     node = -1
     while True:
-        p = sampling.probs(logits[node + 1].cpu())
+        p = params.probs(logits[node + 1].cpu())
         q = None if tree.draft_probs is None else tree.draft_probs[node + 1].float().cpu().clone()
         accepted = None
         for child in tree.children[node + 1]:
@@ -72,7 +83,9 @@ def verify_sampling(tree: TokenTree, logits: torch.Tensor, sampling: SamplingPar
                 if q[x] > 0 and u < min(1.0, float(p[x] / q[x])):
                     accepted = child
                     break
-                p = torch.clamp(p - q, min=0.0)
+                residual = torch.clamp(p - q, min=0.0)
+                if residual.sum() > 0:  # float32 rounding can leave nothing when q ~ p
+                    p = residual
                 if tree.without_replacement:
                     q[x] = 0.0
                     q = _normalise(q)

@@ -10,7 +10,8 @@ table: each simulation descends from the root by PUCT, Q + c_puct * P * sqrt(N_p
 (its top `branch` continuations) and backs up the leaf's cumulative path probability as the
 value. Visited nodes become the draft tree (at most `max_nodes`, the most visited first, parents
 always kept). The table is updated online from the prompt and from every token the target
-commits, and persists across generations in the process (the paper's adaptive update).
+commits, and persists across the drafter's generations (the paper's adaptive update): the
+benchmark and the server keep one drafter per method.
 
 Options: depth=4, simulations=48, branch=4, c_puct=1.0, max_nodes=24.
 Differences from the paper: the paper initialises the table from a corpus and decays old counts;
@@ -23,11 +24,13 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 import torch
 
+from tokenforge.decoding.backends import Backend
 from tokenforge.decoding.drafters.base import Drafter
-from tokenforge.decoding.registry import Method, Option, register, require_positive
+from tokenforge.decoding.registry import Method, option, register, require_positive
 from tokenforge.decoding.tree import TokenTree
 from tokenforge.decoding.verify import VerifyResult
 
@@ -62,21 +65,29 @@ class _Node:
         self.children: list[_Node] | None = None
 
 
-_TABLES: dict[tuple, NgramTable] = {}
+@dataclass(frozen=True)
+class AdedOptions:
+    depth: int = option(4, "maximum draft depth (MCTS horizon)")
+    simulations: int = option(48, "MCTS simulations per step")
+    branch: int = option(4, "continuations expanded per node")
+    c_puct: float = option(1.0, "exploration constant in PUCT")
+    max_nodes: int = option(24, "largest draft tree")
+
+    def __post_init__(self):
+        require_positive(depth=self.depth, simulations=self.simulations, branch=self.branch,
+                         max_nodes=self.max_nodes)
 
 
 class Aded(Drafter):
     name = "aded"
 
-    def __init__(self, target, depth: int = 4, simulations: int = 48, branch: int = 4,
-                 c_puct: float = 1.0, max_nodes: int = 24):
-        require_positive(depth=depth, simulations=simulations, branch=branch, max_nodes=max_nodes)
-        self.depth, self.simulations, self.branch = depth, simulations, branch
-        self.c_puct, self.max_nodes = c_puct, max_nodes
-        self.table = _TABLES.setdefault((target.name, id(target.model)), NgramTable())
+    def __init__(self, options: AdedOptions = AdedOptions()):
+        self.depth, self.simulations, self.branch = options.depth, options.simulations, options.branch
+        self.c_puct, self.max_nodes = options.c_puct, options.max_nodes
+        self.table = NgramTable()
         self._tail: list[int] = []
 
-    def begin(self, prompt_ids: list[int]) -> None:
+    def begin(self, prompt_ids: list[int], target: Backend) -> None:
         self.table.observe(prompt_ids)
 
     def propose(self, tokens: list[int], max_depth: int) -> TokenTree:
@@ -127,12 +138,5 @@ class Aded(Drafter):
 register(Method(
     "aded", "Adaptive Draft-Verification (Liu et al.), arXiv 2407.12021",
     "training-free: MCTS over an online tri-gram table drafts a token tree",
-    factory=lambda target, draft, **opts: Aded(target, **opts),
-    options={
-        "depth": Option(4, "maximum draft depth (MCTS horizon)"),
-        "simulations": Option(48, "MCTS simulations per step"),
-        "branch": Option(4, "continuations expanded per node"),
-        "c_puct": Option(1.0, "exploration constant in PUCT"),
-        "max_nodes": Option(24, "largest draft tree"),
-    },
+    build=lambda target, draft, options: Aded(options), options_type=AdedOptions,
 ))

@@ -15,26 +15,38 @@ one (closer context repeats more often in code), as the issue asks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tokenforge.decoding.drafters.base import Drafter
-from tokenforge.decoding.registry import Method, Option, register, require_positive
+from tokenforge.decoding.registry import Method, option, register, require_positive
 from tokenforge.decoding.tree import TokenTree
 from tokenforge.errors import InvalidOptionError
+
+
+@dataclass(frozen=True)
+class PLDOptions:
+    max_ngram: int = option(3, "longest n-gram to match")
+    min_ngram: int = option(1, "shortest n-gram to match")
+    num_draft: int = option(10, "tokens drafted per match")
+    num_matches: int = option(1, "merge the continuations of this many recent matches into a tree")
+
+    def __post_init__(self):
+        require_positive(max_ngram=self.max_ngram, min_ngram=self.min_ngram,
+                         num_draft=self.num_draft, num_matches=self.num_matches)
+        if self.min_ngram > self.max_ngram:
+            raise InvalidOptionError(f"pld: min_ngram ({self.min_ngram}) exceeds max_ngram "
+                                     f"({self.max_ngram})")
 
 
 class PromptLookup(Drafter):
     name = "pld"
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, num_draft: int = 10,
-                 num_matches: int = 1):
-        require_positive(max_ngram=max_ngram, min_ngram=min_ngram, num_draft=num_draft,
-                         num_matches=num_matches)
-        if min_ngram > max_ngram:
-            raise InvalidOptionError(f"pld: min_ngram ({min_ngram}) exceeds max_ngram ({max_ngram})")
-        self.max_ngram, self.min_ngram = max_ngram, min_ngram
-        self.num_draft, self.num_matches = num_draft, num_matches
+    def __init__(self, options: PLDOptions = PLDOptions()):
+        self.max_ngram, self.min_ngram = options.max_ngram, options.min_ngram
+        self.num_draft, self.num_matches = options.num_draft, options.num_matches
 
     def propose(self, tokens: list[int], max_depth: int) -> TokenTree:
         arr = np.asarray(tokens)
@@ -73,11 +85,5 @@ def trie(sequences: list[list[int]]) -> TokenTree:
 register(Method(
     "pld", "Prompt Lookup Decoding (Saxena 2023)",
     "training-free: drafts the continuation of an earlier n-gram match in the context",
-    factory=lambda target, draft, **opts: PromptLookup(**opts),
-    options={
-        "max_ngram": Option(3, "longest n-gram to match"),
-        "min_ngram": Option(1, "shortest n-gram to match"),
-        "num_draft": Option(10, "tokens drafted per match"),
-        "num_matches": Option(1, "merge the continuations of this many recent matches into a tree"),
-    },
+    build=lambda target, draft, options: PromptLookup(options), options_type=PLDOptions,
 ))

@@ -14,14 +14,20 @@ Templates are data (`templates/*.json`): nodes as (parent, rank) pairs in decrea
 score, so every prefix of a template is itself a valid tree. `paper-80` has the paper's
 80-node depth profile 8/21/25/15/8/3; `narrow-24` is a smaller, deeper one for CPUs.
 
-Tree size: `tree_size=auto` (default) measures, on the current device, the target's forward cost
-for each prefix size of the template (once per process, when the first generation begins), and
-during the first `explore_steps` steps of the process runs the full template while recording how
-many tokens each prefix would have accepted (exact in
-greedy mode: the accepted path of a prefix tree is the full tree's path cut where it leaves the
-prefix). It then keeps the size with the most expected tokens per second. `tree_size=N` fixes it.
+Tree size: `tree_size=auto` (default) measures, on the current device and backend, the target's
+forward cost for each prefix size of the template (when the first generation begins), and during
+the drafter's first `explore_steps` steps runs the full template while recording how many tokens
+each prefix would have accepted (exact with a deterministic sampler: the accepted path of a
+prefix tree is the full tree's path cut where it leaves the prefix). It then keeps the size with
+the most expected tokens per second. Both the cost curve and the chosen size are stored per
+(model, device, dtype, backend) in the user cache (decoding/costs.py), so a new process starts
+with them; `calibrate=True` measures and explores again. `tree_size=N` fixes the size.
 
-Options: k=8, template=paper-80, tree_size=auto, explore_steps=24, matrix="" (a .npy to load).
+State (the matrix, the cost curve, the exploration counts) lives in the drafter object: the
+benchmark and the server keep one drafter per method, so it carries over between generations.
+
+Options: k=8, template=paper-80, tree_size=auto, explore_steps=24, matrix="" (a .npy to load),
+calibrate=False.
 Differences from the paper: the paper's exact template is not reproduced node for node (ours is
 derived from a rank prior with the same depth profile); untouched rows are empty (-1) and prune
 their subtree instead of drafting token 0; the tree-size search is ours.
@@ -31,16 +37,16 @@ from __future__ import annotations
 
 import heapq
 import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tokenforge.decoding import kv
+from tokenforge.decoding.backends import Backend
+from tokenforge.decoding.costs import CalibrationStore, CostCurve, measure_forward_costs
 from tokenforge.decoding.drafters.base import Drafter
-from tokenforge.decoding.registry import Method, Option, register, require_positive
+from tokenforge.decoding.registry import Method, option, register, require_positive
 from tokenforge.decoding.tree import TokenTree
 from tokenforge.decoding.verify import VerifyResult
 from tokenforge.errors import InvalidOptionError
@@ -76,85 +82,104 @@ def load_template(name: str) -> list[tuple[int, int]]:
     return [tuple(node) for node in json.loads(path.read_text())["nodes"]]
 
 
-@dataclass
-class SharedState:
-    """What persists across generations for one (model, vocab, k): the matrix and the size choice."""
+@dataclass(frozen=True)
+class TokenRecyclingOptions:
+    k: int = option(8, "candidates stored per token (matrix columns)")
+    template: str = option("paper-80", "tree template under decoding/drafters/templates/")
+    tree_size: str = option("auto", "'auto' (measure cost and acceptance on this device) or N "
+                                    "nodes")
+    explore_steps: int = option(24, "full-tree steps used by tree_size=auto before it chooses")
+    matrix: str = option("", "a .npy adjacency matrix to load (see save_matrix)")
+    calibrate: bool = option(False, "tree_size=auto: measure and explore again instead of "
+                                    "using the stored calibration")
 
-    matrix: np.ndarray
-    tree_size: int | None = None
-    explored: int = 0
-    accepted_by_size: dict[int, int] = field(default_factory=dict)
-    cost_by_size: dict[int, float] = field(default_factory=dict)
-
-
-_SHARED: dict[tuple, SharedState] = {}
+    def __post_init__(self):
+        require_positive(k=self.k, explore_steps=self.explore_steps)
+        if self.tree_size != "auto" and not str(self.tree_size).isdigit():
+            raise InvalidOptionError("tree_size must be 'auto' or a node count")
 
 
 class TokenRecycling(Drafter):
     name = "token-recycling"
 
-    def __init__(self, target, k: int = 8, template: str = "paper-80", tree_size: str = "auto",
-                 explore_steps: int = 24, matrix: str = ""):
-        require_positive(k=k, explore_steps=explore_steps)
-        self.target = target
-        self.template = load_template(template)
-        if any(rank >= k for _, rank in self.template):
-            raise InvalidOptionError(f"template '{template}' uses ranks >= k={k}; raise k")
-        self.depths = TokenTree([0] * len(self.template), [p for p, _ in self.template]).depths
+    def __init__(self, target, options: TokenRecyclingOptions = TokenRecyclingOptions()):
+        self.template_name, self.k = options.template, options.k
+        self.template = load_template(options.template)
+        if any(rank >= options.k for _, rank in self.template):
+            raise InvalidOptionError(f"template '{options.template}' uses ranks >= "
+                                     f"k={options.k}; raise k")
+        self.parents = [p for p, _ in self.template]
+        self.depths = TokenTree([0] * len(self.template), self.parents).depths
         self.sizes = [n for n in (0, 4, 8, 12, 16, 24, 32, 48, 64, 80) if n < len(self.template)]
         self.sizes.append(len(self.template))
-        self.explore_steps = explore_steps
+        self.explore_steps, self.calibrate = options.explore_steps, options.calibrate
         vocab = target.model.get_input_embeddings().num_embeddings
-        key = (target.name, id(target.model), vocab, k, template)
-        if key not in _SHARED:
-            _SHARED[key] = SharedState(np.full((vocab, k), -1, dtype=np.int32))
-        self.state = _SHARED[key]
-        if matrix:
-            self.load_matrix(matrix)
-        if tree_size != "auto":
-            try:
-                size = int(tree_size)
-            except ValueError:
-                raise InvalidOptionError("tree_size must be 'auto' or a node count") from None
+        self.matrix = np.full((vocab, options.k), -1, dtype=np.int32)
+        if options.matrix:
+            self.load_matrix(options.matrix)
+        self.fixed_size: int | None = None
+        if options.tree_size != "auto":
+            size = int(options.tree_size)
             if not 0 <= size <= len(self.template):
                 raise InvalidOptionError(f"tree_size must lie in [0, {len(self.template)}]")
-            self.fixed_size: int | None = size
-        else:
-            self.fixed_size = None
+            self.fixed_size = size
+        self.chosen_size: int | None = None  # what tree_size=auto settled on
+        self.costs: CostCurve | None = None  # seconds of a forward over [root] + n nodes, by n
+        self.explored = 0
+        self.accepted_by_size: dict[int, int] = {}
+        self.store: CalibrationStore | None = None
         self._root = -1
+        self._proposed = TokenTree()
         self._template_ids: list[int] = []
 
     def save_matrix(self, path: str | Path) -> None:
-        np.save(Path(path), self.state.matrix, allow_pickle=False)
+        np.save(Path(path), self.matrix, allow_pickle=False)
 
     def load_matrix(self, path: str | Path) -> None:
         try:
             loaded = np.load(Path(path), allow_pickle=False)
         except (OSError, ValueError) as err:
             raise InvalidOptionError(f"cannot read token-recycling matrix '{path}': {err}") from None
-        if loaded.shape != self.state.matrix.shape:
+        if loaded.shape != self.matrix.shape:
             raise InvalidOptionError(f"matrix '{path}' has shape {loaded.shape}, expected "
-                                     f"{self.state.matrix.shape} (vocab x k) for this model")
-        self.state.matrix[:] = loaded
+                                     f"{self.matrix.shape} (vocab x k) for this model")
+        self.matrix[:] = loaded
 
-    def begin(self, prompt_ids: list[int]) -> None:
-        """Measure the forward costs once per process, before the first draft, so that the cost
-        of measuring lands in the first generation's start and not in the middle of a later one."""
-        state = self.state
-        if self.fixed_size is None and state.tree_size is None and not state.cost_by_size:
-            state.cost_by_size = measure_costs(self.target.model, self.template, self.sizes)
+    def begin(self, prompt_ids: list[int], target: Backend) -> None:
+        """The first time: the stored calibration, or the cost of each template prefix measured
+        now (after the prompt's prefill, so that it lands in this generation's start)."""
+        if self.fixed_size is not None or self.chosen_size is not None or self.costs is not None:
+            return
+        self.store = CalibrationStore(target)
+        stored = None if self.calibrate else self.store.get(self._store_name())
+        if stored is not None:
+            self.costs = CostCurve.from_dict(stored["forward_costs"])
+            self.chosen_size = stored["tree_size"]
+            return
+        masks = {n + 1: TokenTree([0] * n, self.parents[:n]).block_mask() for n in self.sizes}
+        curve = measure_forward_costs(target, [n + 1 for n in self.sizes], masks)
+        self.costs = CostCurve({n: curve.seconds[n + 1] for n in self.sizes})
 
     @property
     def tree_size(self) -> int:
         if self.fixed_size is not None:
             return self.fixed_size
-        state = self.state
-        if state.tree_size is None and state.explored >= self.explore_steps:
-            state.tree_size = self._choose_size()
-        return len(self.template) if state.tree_size is None else state.tree_size
+        if self.chosen_size is None and self.explored >= self.explore_steps:
+            self.chosen_size = self._choose_size()
+            if self.store is not None:
+                self.store.put(self._store_name(), self.calibration())
+        return len(self.template) if self.chosen_size is None else self.chosen_size
+
+    def calibration(self) -> dict:
+        """What tree_size=auto measured and chose (for results files and the user cache)."""
+        return {"tree_size": self.fixed_size if self.fixed_size is not None else self.chosen_size,
+                "forward_costs": self.costs.as_dict() if self.costs else None}
+
+    def _store_name(self) -> str:
+        return f"token-recycling/{self.template_name}/k{self.k}/explore{self.explore_steps}"
 
     def propose(self, tokens: list[int], max_depth: int) -> TokenTree:
-        matrix = self.state.matrix
+        matrix = self.matrix
         self._root = tokens[-1]
         node_tokens: list[int] = []
         parents: list[int] = []
@@ -173,69 +198,35 @@ class TokenRecycling(Drafter):
             parents.append(tree_index[parent])
             kept.append(i)
         self._template_ids = kept
-        return TokenTree(node_tokens, parents)
+        self._proposed = TokenTree(node_tokens, parents)
+        return self._proposed
 
     def feedback(self, tree: TokenTree, logits: torch.Tensor, result: VerifyResult) -> None:
-        top = torch.topk(logits, self.state.matrix.shape[1], dim=-1).indices
-        self.state.matrix[[self._root] + tree.tokens] = top.cpu().numpy()
-        if self.fixed_size is None and self.state.tree_size is None and len(tree):
-            self._record(result)
+        top = torch.topk(logits, self.matrix.shape[1], dim=-1).indices
+        self.matrix[[self._root] + tree.tokens] = top.cpu().numpy()
+        if self.fixed_size is None and self.chosen_size is None and len(tree):
+            # the engine may have verified a cut of the proposed tree (first chain, depth):
+            # map its path back to the proposed tree's template indices
+            proposed = tree.map_into(self._proposed)
+            self._record([self._template_ids[proposed[i]] for i in result.path])
 
     # tree-size search --------------------------------------------------------------------
-    def _record(self, result: VerifyResult) -> None:
-        """Count the tokens each template prefix would have accepted on this step."""
-        state = self.state
-        path = [self._template_ids[i] for i in result.path]  # template indices, increasing
+    def _record(self, path: list[int]) -> None:
+        """Count the tokens each template prefix would have accepted on this step (`path`:
+        template indices of the accepted nodes, increasing)."""
         for n in self.sizes:
-            state.accepted_by_size[n] = state.accepted_by_size.get(n, 0) + sum(t < n for t in path)
-        state.explored += 1
+            self.accepted_by_size[n] = self.accepted_by_size.get(n, 0) + sum(t < n for t in path)
+        self.explored += 1
 
     def _choose_size(self) -> int:
-        state = self.state
-        score = {n: (1 + state.accepted_by_size.get(n, 0) / state.explored) / state.cost_by_size[n]
+        score = {n: (1 + self.accepted_by_size.get(n, 0) / self.explored) / self.costs.cost(n)
                  for n in self.sizes}
         return max(score, key=score.get)
-
-
-def measure_costs(model, template: list[tuple[int, int]], sizes: list[int], prefix: int = 256,
-                  repeats: int = 5) -> dict[int, float]:
-    """Median seconds of one cached target forward over [root] + the first n template nodes."""
-    from tokenforge.decoding.engine import tree_forward
-
-    device = next(model.parameters()).device
-    context = getattr(model.config, "max_position_embeddings", None) or 2048
-    prefix = min(prefix, context // 2)
-    vocab = model.get_input_embeddings().num_embeddings
-    gen = torch.Generator().manual_seed(0)
-    costs = {}
-    with torch.inference_mode():
-        cache = kv.new_cache(model)
-        kv.cached_forward(model, torch.randint(0, vocab, (1, prefix), generator=gen).to(device), cache)
-        for n in sizes:
-            tree = TokenTree([1] * n, [p for p, _ in template[:n]])
-            times = []
-            for _ in range(repeats + 1):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                tree_forward(model, 1, tree, prefix, cache, device)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-                kv.crop(cache, prefix)
-            costs[n] = float(np.median(times[1:]))
-    return costs
 
 
 register(Method(
     "token-recycling", "Turning Trash into Treasure (Luo et al.), arXiv 2408.08696",
     "training-free: recycles the target's top-k candidates into a static tree template",
-    factory=lambda target, draft, **opts: TokenRecycling(target, **opts),
-    options={
-        "k": Option(8, "candidates stored per token (matrix columns)"),
-        "template": Option("paper-80", "tree template under decoding/drafters/templates/"),
-        "tree_size": Option("auto", "'auto' (measure cost and acceptance on this device) or N nodes"),
-        "explore_steps": Option(24, "full-tree steps used by tree_size=auto before it chooses"),
-        "matrix": Option("", "a .npy adjacency matrix to load (see save_matrix)"),
-    },
+    build=lambda target, draft, options: TokenRecycling(target, options),
+    options_type=TokenRecyclingOptions,
 ))

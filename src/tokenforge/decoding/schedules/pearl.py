@@ -16,7 +16,10 @@ acceptance chain rounds together, and a rejection costs only one short round.
 Concurrency: on a CPU the draft runs in a worker thread (torch releases the GIL inside its ops);
 on CUDA the target and the draft also get a stream each.
 
-Stats (PearlStats): `draft_s` is the draft's busy time and `draft_hidden_s` the wall time that
+It is a schedule of the engine's one loop (schedules/base.py): prefill, stopping, stats,
+logprobs and the step hook are the engine's; the drafter is SpS's chain drafter.
+
+Stats: `draft_s` is the draft's busy time and `draft_hidden_s` the wall time that
 running the draft concurrently actually saved: per parallel round, (stand-alone target forward +
 stand-alone draft steps) - the round's wall time, capped at the draft's busy time. The stand-alone
 costs come from calibration rounds that run their parts one after the other (the first two
@@ -34,59 +37,49 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
-from tokenforge.decoding import kv
-from tokenforge.decoding.drafters.draft_model import SpS
-from tokenforge.decoding.engine import GenerationStats, Stopper, eos_token_ids, finish, tree_forward
-from tokenforge.decoding.registry import Method, Option, register, require_positive
-from tokenforge.decoding.sampling import SamplingParams
+from tokenforge.decoding.drafters.draft_model import SpS, SpSOptions
+from tokenforge.decoding.registry import Method, option, register, require_positive
+from tokenforge.decoding.schedules.base import Commit, Schedule
 from tokenforge.decoding.tree import TokenTree
-from tokenforge.decoding.verify import VerifyResult, verify
+from tokenforge.decoding.verify import VerifyResult
 from tokenforge.models.load import LoadedModel
+
+if TYPE_CHECKING:
+    from tokenforge.decoding.engine import Session
 
 CALIBRATE_EVERY = 8  # every 8th parallel round runs its parts in turn to measure their costs
 
 
-@dataclass
-class PearlStats(GenerationStats):
-    draft_hidden_s: float = 0.0  # wall time saved against running each round's parts in turn
-
-    @property
-    def overlap(self) -> float:
-        return self.draft_hidden_s / self.draft_s if self.draft_s else 0.0
-
-    def as_dict(self) -> dict:
-        return {**super().as_dict(), "overlap": self.overlap}
-
-
 def verify_round(pending: list[int], pending_q: list[torch.Tensor], drafted: TokenTree,
-                 logits: torch.Tensor, sampling: SamplingParams, gen: torch.Generator | None
-                 ) -> tuple[VerifyResult, list[int], list[int], list[torch.Tensor]]:
-    """Verify D + [E0], E0 against the target's row after D (the bonus row). Returns the result,
-    the tokens to commit, and the next D with the q rows its tokens were drawn from."""
-    sampled = gen is not None
+                 logits: torch.Tensor, verify: Callable[[TokenTree, torch.Tensor, int], VerifyResult],
+                 first_index: int) -> tuple[VerifyResult, list[int], list[int], list[torch.Tensor]]:
+    """Verify D + [E0], E0 against the target's row after D (the bonus row), with `verify`
+    (Session.verify). Returns the result, the tokens to commit, and the next D with the q rows
+    its tokens were drawn from."""
+    stochastic = drafted.draft_probs is not None or bool(pending_q)
     if not drafted.tokens:
-        probs = torch.stack(pending_q + [torch.zeros(logits.shape[-1])]) if sampled else None
-        result = verify(TokenTree.chain(pending, probs), logits, sampling, gen)
+        probs = torch.stack(pending_q + [torch.zeros(logits.shape[-1])]) if pending_q else None
+        result = verify(TokenTree.chain(pending, probs), logits, first_index)
         return result, result.tokens, [], []
     probs = None
-    if sampled:
+    if stochastic:
         q0 = drafted.draft_probs[0]
         probs = torch.stack(pending_q + [q0, torch.zeros_like(q0)])
     chain = TokenTree.chain(pending + drafted.tokens[:1], probs)
-    # E0 has no row of its own: the last row is repeated and the bonus drawn from it is dropped
-    result = verify(chain, torch.cat([logits, logits[-1:]]), sampling, gen)
+    # E0 has no row of its own: the last row is repeated and the bonus chosen from it is dropped
+    result = verify(chain, torch.cat([logits, logits[-1:]]), first_index)
     if len(result.path) < len(chain):
         return result, result.tokens, [], []
-    rest_q = list(drafted.draft_probs[1:-1]) if sampled else []
+    rest_q = list(drafted.draft_probs[1:-1]) if stochastic else []
     return result, result.tokens[:-1], drafted.tokens[1:], rest_q
 
 
@@ -104,32 +97,49 @@ def _on(stream):
     return torch.cuda.stream(stream) if stream is not None else nullcontext()
 
 
-class Pearl:
-    name = "pearl"
+class PearlSchedule(Schedule):
+    concurrent = True
 
-    def __init__(self, target: LoadedModel, draft: LoadedModel, gamma: int = 3,
-                 parallel: bool = True):
-        require_positive(gamma=gamma)
-        self.drafter = SpS(target, draft, gamma=gamma)
+    def __init__(self, gamma: int, parallel: bool, draft_device: torch.device):
         self.gamma, self.parallel = gamma, parallel
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="pearl-draft") if parallel else None
-        self.draft_stream = _stream(draft.device)
+        self.draft_stream = _stream(draft_device)
         self.rounds = 0  # stand-alone costs of recent calibration rounds, kept across generations:
         self.alone_target: deque[float] = deque(maxlen=16)  # one target forward
         self.alone_draft: deque[float] = deque(maxlen=16)  # one draft step
 
-    def _draft(self, tokens: list[int], depth: int) -> TokenTree:
-        with _on(self.draft_stream), torch.inference_mode():
-            return self.drafter.propose(tokens, depth)
+    def begin(self, session: Session) -> None:
+        self.pending: list[int] = []  # D: drafted tokens the target has not verified yet
+        self.pending_q: list[torch.Tensor] = []  # the q each was drawn from (rejection sampler)
+
+    def step(self, session: Session, tokens: list[int], room: int) -> Commit:
+        prefix_len = len(tokens) - 1
+        pending = self.pending
+        del pending[room:], self.pending_q[room:]
+        depth = min(self.gamma, room - len(pending))
+
+        def target() -> torch.Tensor:
+            return session.forward(tokens[-1], TokenTree.chain(pending))
+
+        def draft() -> TokenTree:
+            with _on(self.draft_stream), torch.inference_mode():
+                return session.propose(tokens + pending, depth)
+
+        logits, drafted, hidden = self._round(target, draft if depth > 0 else None, depth)
+        session.stats.draft_hidden_s += hidden
+        verified = len(pending)
+        result, new, self.pending, self.pending_q = verify_round(
+            pending, self.pending_q, drafted, logits, session.verify, len(tokens))
+        session.keep(prefix_len, [i for i in result.path if i < verified])
+        return Commit(new, logits, result.rows[: len(new)], len(result.path))
 
     def _round(self, target: Callable[[], torch.Tensor], draft: Callable[[], TokenTree] | None,
-               depth: int, stats: PearlStats) -> tuple[torch.Tensor, TokenTree]:
+               depth: int) -> tuple[torch.Tensor, TokenTree, float]:
         """Run the target forward and the draft concurrently, or one after the other when not
-        parallel or when this round calibrates the stand-alone costs."""
+        parallel or when this round calibrates the stand-alone costs. Returns the logits, the
+        draft and the wall time the overlap saved."""
         if draft is None:
-            logits, t0, t1 = _timed(target)
-            stats.verify_s += t1 - t0
-            return logits, TokenTree()
+            return target(), TokenTree(), 0.0
         calibrate = self.pool is not None and (len(self.alone_target) < 2
                                                or self.rounds % CALIBRATE_EVERY == 0)
         self.rounds += 1
@@ -139,67 +149,32 @@ class Pearl:
             if calibrate:
                 self.alone_target.append(t1 - t0)
                 self.alone_draft.append((d1 - d0) / depth)
-        else:
-            start = time.perf_counter()  # the round's wall time includes the thread hand-offs
-            future = self.pool.submit(_timed, draft)
-            logits, t0, t1 = _timed(target)
-            tree, d0, d1 = future.result()
-            alone = statistics.mean(self.alone_target) + statistics.mean(self.alone_draft) * depth
-            saved = alone - (time.perf_counter() - start)
-            stats.draft_hidden_s += min(max(0.0, saved), d1 - d0)
-        stats.verify_s += t1 - t0
-        stats.draft_s += d1 - d0
-        return logits, tree
+            return logits, tree, 0.0
+        start = time.perf_counter()  # the round's wall time includes the thread hand-offs
+        future = self.pool.submit(_timed, draft)
+        logits = target()
+        tree, d0, d1 = future.result()
+        alone = statistics.mean(self.alone_target) + statistics.mean(self.alone_draft) * depth
+        saved = alone - (time.perf_counter() - start)
+        return logits, tree, min(max(0.0, saved), d1 - d0)
 
-    def generate_ids(self, model, tokenizer, prompt_ids: list[int], sampling: SamplingParams,
-                     max_new_tokens: int, context: int | None, stop: list[str] | None = None,
-                     on_text: Callable[[str], None] | None = None,
-                     should_stop: Callable[[], bool] | None = None,
-                     ) -> tuple[list[int], str, PearlStats]:
-        """engine.run's contract, PEARL's rounds (`should_stop()` is asked before each round)."""
-        start = time.perf_counter()
-        device = next(model.parameters()).device
-        stats = PearlStats(prompt_tokens=len(prompt_ids))
-        gen = None if sampling.greedy else sampling.generator()
-        stopper = Stopper(tokenizer, eos_token_ids(model, tokenizer), max_new_tokens, stop or [],
-                          on_text)
-        limit = context or 1 << 62
-        hist: Counter[int] = Counter()
-        self.drafter.set_sampling(sampling)
-        self.drafter.begin(list(prompt_ids))
-        pending: list[int] = []  # D: drafted tokens the target has not verified yet
-        pending_q: list[torch.Tensor] = []  # the q each of them was drawn from (sampling only)
 
-        with _on(_stream(device)), torch.inference_mode():
-            cache = kv.new_cache(model)
-            logits = kv.cached_forward(model, torch.tensor([prompt_ids], device=device), cache)
-            stats.target_forwards = 1
-            done = stopper.add([sampling.sample(logits[-1], gen)])
-            while not done:
-                step = stopper.next_step(prompt_ids, limit, should_stop)
-                if step is None:
-                    break
-                tokens, room = step
-                prefix_len = len(tokens) - 1
-                del pending[room:], pending_q[room:]
-                depth = min(self.gamma, room - len(pending))
-                logits, drafted = self._round(
-                    partial(tree_forward, model, tokens[-1], TokenTree.chain(pending), prefix_len,
-                            cache, device),
-                    partial(self._draft, tokens + pending, depth) if depth > 0 else None, depth,
-                    stats)
-                stats.target_forwards += 1
+@dataclass(frozen=True)
+class PearlOptions:
+    gamma: int = option(3, "draft tokens per round (ideally the target/draft forward-time ratio)")
+    parallel: bool = option(True, "run draft and target concurrently (False: the same rounds in "
+                                  "sequence, to measure what the overlap buys)")
 
-                t = time.perf_counter()
-                verified = len(pending)
-                result, new, pending, pending_q = verify_round(pending, pending_q, drafted, logits,
-                                                               sampling, gen)
-                kv.keep(cache, prefix_len, [0] + [i + 1 for i in result.path if i < verified])
-                stats.verify_s += time.perf_counter() - t
-                hist[len(result.path)] += 1
-                done = stopper.add(new)
+    def __post_init__(self):
+        require_positive(gamma=self.gamma)
 
-        return finish(stopper, stats, hist, start)
+
+def pearl(target: LoadedModel, draft: LoadedModel, options: PearlOptions) -> SpS:
+    """SpS's chain drafter with PEARL's schedule."""
+    drafter = SpS(target, draft, SpSOptions(gamma=options.gamma))
+    drafter.name = "pearl"
+    drafter.schedule = PearlSchedule(options.gamma, options.parallel, draft.device)
+    return drafter
 
 
 register(Method(
@@ -207,11 +182,5 @@ register(Method(
     "arXiv 2408.11850",
     "the draft model drafts the next chain while the target verifies the current one (threads "
     "on CPU, CUDA streams on GPU)",
-    factory=lambda target, draft, **opts: Pearl(target, draft, **opts),
-    options={
-        "gamma": Option(3, "draft tokens per round (ideally the target/draft forward-time ratio)"),
-        "parallel": Option(True, "run draft and target concurrently (False: the same rounds in "
-                                 "sequence, to measure what the overlap buys)"),
-    },
-    needs_draft=True,
+    build=pearl, options_type=PearlOptions, needs_draft=True,
 ))
