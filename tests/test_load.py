@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from tests.conftest import tiny_model
 from tokenforge.errors import ModelLoadError
-from tokenforge.models.load import DEMO_MODELS, load_model
+from tokenforge.models.load import DEMO_MODELS, _hub_unreachable, load_model
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,32 @@ def test_missing_path():
 def test_unknown_hub_id_names_the_cause():
     with pytest.raises(ModelLoadError, match="unknown model 'someone/not-a-model'.*hub"):
         load_model("someone/not-a-model")
+
+
+def test_a_silent_hub_is_given_up_on_quickly(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    def silent(*args, **kwargs):
+        time.sleep(1)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    start = time.monotonic()
+    assert _hub_unreachable(timeout=0.2) == f"no connection to {constants.ENDPOINT} within 0.2s"
+    assert time.monotonic() - start < 0.9
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert _hub_unreachable(timeout=0.2) is None  # behind a proxy the hub client decides
+
+
+def test_truncated_weights_are_named(saved_tiny, tmp_path):
+    model = shutil.copytree(saved_tiny, tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="weights file of .* is corrupt or truncated"):
+        load_model(str(model))
 
 
 def test_pickle_weights_are_refused(saved_tiny, tmp_path):

@@ -7,33 +7,23 @@ from pathlib import Path
 
 import typer
 
-from tokenforge.errors import TokenforgeError
+from tokenforge.cli_common import finite, parse_options, run, utf8_text
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Plain click help, not rich's panels: those cut long option names at 80 columns.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="tokenforge: fast, lossless and guided decoding on any HF causal LM.")
-
-
-def parse_options(pairs: list[str] | None) -> dict[str, str]:
-    """`key=value` strings -> dict (values are coerced to each option's type later)."""
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise TokenforgeError(f"--option expects key=value, got '{pair}'")
-        options[key.strip()] = value.strip()
-    return options
 
 
 @app.command()
 def generate(
-    prompt: str = typer.Argument(..., help="the prompt text"),
+    prompt: str = typer.Argument(..., help="the prompt text", callback=utf8_text),
     model: str = typer.Option("demo", help="demo, demo-draft, a local directory or a hub id"),
     method: str = typer.Option("vanilla", help="decoding method (see `tokenforge methods`)"),
     draft_model: str = typer.Option(None, help="draft model for draft-model methods"),
     max_new_tokens: int = typer.Option(128, help="tokens to generate at most"),
-    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    temperature: float = typer.Option(0.0, help="0 = greedy", callback=finite),
     top_k: int = typer.Option(0, help="0 = off"),
-    top_p: float = typer.Option(1.0, help="1.0 = off"),
+    top_p: float = typer.Option(1.0, help="1.0 = off", callback=finite),
     seed: int = typer.Option(None, help="sampling seed"),
     stop: list[str] = typer.Option(None, help="stop string (repeatable)"),
     option: list[str] = typer.Option(None, "--option", "-o", help="method option key=value"),
@@ -52,12 +42,14 @@ def generate(
     draft = load_model(draft_model, device=device, dtype=dtype,
                        trust_remote_code=trust_remote_code) if draft_model else None
     sys.stdout.write(prompt)
-    result = run_generate(loaded, prompt, method=method, draft=draft,
-                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                          top_p=top_p, seed=seed, stop=stop or None,
-                          on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
-                          **parse_options(option))
-    sys.stdout.write("\n")
+    try:
+        result = run_generate(loaded, prompt, method=method, draft=draft,
+                              max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                              top_p=top_p, seed=seed, stop=stop or None,
+                              on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+                              **parse_options(option))
+    finally:  # end the line of text even when an error or Ctrl-C cuts it short
+        sys.stdout.write("\n")
     if stats:
         s = result.stats
         typer.echo(f"[{method}] {s.new_tokens} tokens in {s.total_s:.2f}s "
@@ -131,17 +123,4 @@ _register_subsystem_commands()
 
 
 def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except TokenforgeError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise SystemExit(2) from None
-    except typer.Abort:
-        raise SystemExit(1) from None
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            raise SystemExit(err.exit_code) from None
-        raise
+    run(app)

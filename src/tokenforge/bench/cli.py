@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from tokenforge.cli_common import finite
 from tokenforge.errors import InvalidOptionError
 
 
@@ -23,6 +24,16 @@ def parse_method_options(pairs: list[str] | None) -> dict[str, dict[str, str]]:
                                      f"token-recycling.tree_size=24), got '{pair}'")
         options.setdefault(method.strip(), {})[key.strip()] = value.strip()
     return options
+
+
+def parse_methods(methods: str) -> list[str]:
+    """`--methods a,b` -> [a, b]; an empty list is refused rather than measuring vanilla alone."""
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise InvalidOptionError("--methods names no method: give a comma-separated list, e.g. "
+                                 "--methods pld,hf-pld, or --methods all (see `tokenforge "
+                                 "methods`)")
+    return names
 
 
 def bench(
@@ -41,7 +52,8 @@ def bench(
     category: Annotated[str | None, typer.Option(help="only prompts of this category")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="new tokens per prompt at most")] = 128,
     temperature: Annotated[float, typer.Option(
-        help="0 = greedy; > 0 samples (the lossless rate is then informational)")] = 0.0,
+        help="0 = greedy; > 0 samples (the lossless rate is then informational)",
+        callback=finite)] = 0.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16")] = "auto",
     repeats: Annotated[int, typer.Option(
@@ -54,12 +66,13 @@ def bench(
     progress: Annotated[bool, typer.Option(help="live progress bar on stderr")] = True,
 ):
     """Benchmark decoding methods against vanilla and the transformers baselines, same prompts."""
+    names = parse_methods(methods)  # before the imports: a mistake is refused at once
     from tokenforge.bench.report import markdown_table, write_outputs
     from tokenforge.bench.runner import BenchConfig, run_bench
 
     config = BenchConfig(
-        model=model, methods=[m.strip() for m in methods.split(",") if m.strip()],
-        dataset=dataset, draft_model=draft_model, limit=limit, category=category,
+        model=model, methods=names, dataset=dataset, draft_model=draft_model,
+        limit=limit, category=category,
         max_new_tokens=max_new_tokens, temperature=temperature, device=device, dtype=dtype,
         repeats=repeats, warmup=warmup, seed=seed,
         method_options=parse_method_options(method_option))

@@ -8,10 +8,15 @@ of them; the decoding loop is the same either way.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import socket
+import threading
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
+from safetensors import SafetensorError
 
 from tokenforge.errors import ModelLoadError
 
@@ -23,6 +28,7 @@ DEMO_MODELS = {
 _HUB_ID = re.compile(r"[\w.\-]+(/[\w.\-]+)?")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
+HUB_CONNECT_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -30,6 +36,9 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     name: str
+    # the decoding backends built for this model (decoding.backends.get_backend), kept because
+    # building one packs weights; keyed by (kind, role)
+    backends: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -109,14 +118,14 @@ def load_model(spec: str, device: str = "auto", dtype: str | torch.dtype = "auto
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     kwargs = {"trust_remote_code": trust_remote_code}
+    unreachable = None if local else _hub_unreachable()
+    if unreachable:
+        kwargs["local_files_only"] = True  # the cache at once, not minutes of retries
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
-        where = "" if local else (" from the Hugging Face hub (this machine may be offline or the "
-                                  "id may be wrong; download it where you have network and pass "
-                                  "the local directory)")
-        raise ModelLoadError(f"unknown model '{spec}': could not read its config{where}: "
-                             f"{str(err).splitlines()[0]}") from None
+        raise ModelLoadError(f"unknown model '{spec}': {_config_failure(local, unreachable)} "
+                             f"({str(err).splitlines()[0]})") from None
     model_kwargs = dict(kwargs, dtype=torch_dtype, use_safetensors=True)
     if device == "cuda" and torch.cuda.device_count() > 1 and _has_accelerate():
         model_kwargs["device_map"] = "auto"
@@ -130,6 +139,10 @@ def load_model(spec: str, device: str = "auto", dtype: str | torch.dtype = "auto
     except OSError as err:
         raise ModelLoadError(f"could not load the weights of '{spec}' (tokenforge loads "
                              f"safetensors only): {str(err).splitlines()[0]}") from None
+    except SafetensorError as err:
+        raise ModelLoadError(f"the weights file of '{spec}' is corrupt or truncated ({err}); "
+                             "download or save the model again (an interrupted download or copy "
+                             "leaves a cut file)") from None
     if "device_map" not in model_kwargs:
         model.to(device)
     model.eval()
@@ -139,6 +152,43 @@ def load_model(spec: str, device: str = "auto", dtype: str | torch.dtype = "auto
         raise ModelLoadError(f"'{spec}' has no usable tokenizer: {str(err).splitlines()[0]}") from None
     check_vocab(model, tokenizer, spec)
     return LoadedModel(model=model, tokenizer=tokenizer, name=spec)
+
+
+def _hub_unreachable(timeout: float = HUB_CONNECT_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be used now, or None when a TCP connection to it opens within `timeout`
+    seconds, name lookup included (or when a proxy is set: the hub client then decides)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if urllib.request.getproxies():
+        return None
+    endpoint = urlsplit(constants.ENDPOINT)
+    address = (endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80))
+    failure: list[str | None] = [f"no connection to {constants.ENDPOINT} within {timeout:g}s"]
+
+    def connect() -> None:  # in a thread: a name lookup has no timeout of its own
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            failure[0] = None
+        except OSError as err:
+            failure[0] = f"cannot connect to {constants.ENDPOINT}: {err}"
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return failure[0]
+
+
+def _config_failure(local: bool, unreachable: str | None) -> str:
+    if local:
+        return "could not read its config"
+    if unreachable:
+        return (f"the Hugging Face hub is unreachable ({unreachable}) and the model is not in "
+                "the local cache; check the id, or download the model where you have network and "
+                "pass the local directory")
+    return ("could not read its config from the Hugging Face hub; check the id, or download the "
+            "model where you have network and pass the local directory")
 
 
 def check_vocab(model, tokenizer, name: str) -> None:

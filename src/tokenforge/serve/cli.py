@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from tokenforge.cli_common import parse_options
+
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
@@ -20,7 +22,7 @@ def serve(
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-o", help="option of --method, key=value (repeatable)")] = None,
     host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
-    port: int = typer.Option(8000, help="port to bind"),
+    port: int = typer.Option(8000, min=1, max=65535, help="port to bind"),
     api_key: str = typer.Option(None, envvar="TOKENFORGE_API_KEY", show_default=False,
                                 help="require 'Authorization: Bearer KEY' on /v1/"),
     max_tokens_cap: int = typer.Option(512, min=1, help="largest max_tokens a request may ask"),
@@ -35,7 +37,6 @@ def serve(
     import uvicorn
 
     from tokenforge import load_model
-    from tokenforge.cli import parse_options
     from tokenforge.serve.app import ServeSettings, create_app
 
     loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -33,6 +33,7 @@ def _corpus(specs: list[str] | None, max_mb: float):
 
 CORPUS_HELP = "file, folder or stdlib|site-packages|elf|legal[:heldout]; repeatable"
 TOKENIZER_HELP = "tokenizer.json, its folder, demo, or o200k|cl100k|llama3|qwen3"
+EVAL_OUT = Path("out/tokenizer-eval")  # under out/, which git ignores
 
 
 def train(
@@ -76,7 +77,7 @@ def evaluate(
     None,
     corpus: Annotated[list[str] | None, typer.Option(help=CORPUS_HELP)] = None,
     out: Annotated[Path, typer.Option(help="folder for table.md, results.json, "
-                                           "tokenizers.png")] = Path("tokenizer-eval"),
+                                           "tokenizers.png")] = EVAL_OUT,
     baseline: Annotated[str | None, typer.Option(
         help="tokenizer the others' token counts are compared with (default: the first)")] = None,
     max_mb: Annotated[float, typer.Option(help="read at most this many MiB per corpus")] = 8.0,
