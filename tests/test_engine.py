@@ -1,27 +1,33 @@
-"""The speculative engine: token trees, the KV invariant, greedy identity and sampling
-distribution for every training-free drafter (pld, token-recycling, aded)."""
+"""The engine's seams and parts: token trees, the registry, verification corner cases, the
+stopper's incremental text, logprobs, seeds across processes, the chain fallback and stats.
+(Losslessness of every method: test_lossless.py and test_sampling.py.)"""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 import tokenforge
-from tests.conftest import FAMILIES, prompts, tiny_model
-from tokenforge.decoding import engine, kv
+from tests.conftest import prompts, tiny_model
 from tokenforge.decoding.api import make_drafter
-from tokenforge.decoding.sampling import SamplingParams
+from tokenforge.decoding.backends.hf import TransformersBackend
+from tokenforge.decoding.registry import Method, Registry, all_methods, get_method, option
+from tokenforge.decoding.sampling import Sampler, SamplingParams
+from tokenforge.decoding.stopper import Stopper
 from tokenforge.decoding.tree import TokenTree
-from tokenforge.errors import UnsupportedModelError
+from tokenforge.decoding.verify import VerifyResult, verify_sampling
+from tokenforge.errors import InvalidOptionError, UnsupportedModelError
 
-DRAFTERS = ("pld", "token-recycling", "aded")
-# trees that draft something on tiny models (pld's tree option merges several matches)
-DRAFTER_OPTIONS = {"pld": {"num_matches": 3}, "token-recycling": {"tree_size": "80"}, "aded": {}}
+METHODS = [m.name for m in all_methods() if m.build is not None]
 
 
-def test_tree_mask_positions_and_paths():
+def test_tree_structure_and_cuts():
     #        root
     #       /    \
     #     0(a)   1(b)
@@ -30,201 +36,102 @@ def test_tree_mask_positions_and_paths():
     tree = TokenTree([10, 11, 12, 13], [-1, -1, 0, 0])
     assert tree.depths == [1, 1, 2, 2]
     assert tree.children == [[0, 1], [2, 3], [], [], []]
-    assert tree.position_ids(5, "cpu").tolist() == [[5, 6, 6, 7, 7]]
-    mask = tree.attention_mask(2, "cpu")[0, 0].int().tolist()
-    assert mask == [[1, 1, 1, 0, 0, 0, 0],
-                    [1, 1, 1, 1, 0, 0, 0],
-                    [1, 1, 1, 0, 1, 0, 0],
-                    [1, 1, 1, 1, 0, 1, 0],
-                    [1, 1, 1, 1, 0, 0, 1]]
-    additive = tree.attention_mask(2, "cpu", dtype=torch.float32)
-    assert (additive == 0).equal(tree.attention_mask(2, "cpu"))
     assert tree.path_to(3) == [0, 3]
     assert tree.truncate(1).tokens == [10, 11]
-    assert tree.first_chain().tokens == [10, 12] and tree.first_chain().is_chain
+    chain = tree.first_chain()
+    assert chain.tokens == [10, 12] and chain.is_chain
+    assert chain.map_into(tree) == [0, 2]
     sub = tree.subtree([0, 3])
-    assert sub.tokens == [10, 13] and sub.parents == [-1, 0]
+    assert sub.tokens == [10, 13] and sub.parents == [-1, 0] and sub.map_into(tree) == [0, 3]
+    assert tree.block_mask() is TokenTree([1, 2, 3, 4], [-1, -1, 0, 0]).block_mask()  # cached
     with pytest.raises(ValueError):
         TokenTree([1, 2], [1, -1])
 
 
-def test_tree_forward_matches_sequential_logits():
-    """Every root-to-node path in a tree forward gets the logits a plain forward gives it."""
+def test_registry_declares_options_once_and_refuses_duplicates():
+    @dataclass(frozen=True)
+    class Opts:
+        width: int = option(4, "how wide")
+        name: str = option("a", "a choice", choices=("a", "b"))
+
+    registry = Registry()
+    method = registry.register(Method("toy", "-", "a toy", build=None, options_type=Opts))
+    assert method.options["width"].default == 4 and method.options["width"].help == "how wide"
+    assert method.parse({"width": "7"}) == Opts(width=7)
+    assert method.resolve_options({}) == {"width": 4, "name": "a"}
+    with pytest.raises(InvalidOptionError, match="one of a, b"):
+        method.parse({"name": "c"})
+    with pytest.raises(InvalidOptionError, match="unknown option"):
+        method.parse({"depth": 1})
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(Method("toy", "-", "again", build=None))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_declares_its_options_as_a_dataclass(method):
+    spec = get_method(method)
+    defaults = spec.parse({})
+    assert spec.resolve_options({}) == {k: o.default for k, o in spec.options.items()}
+    assert type(defaults) is spec.options_type
+
+
+def test_token_recycling_statistics_follow_a_cut_tree():
+    """The engine verifies only the first chain on models without tree masks; the tree-size
+    statistics must then read the chain's own template indices, not the full template's."""
     loaded = tiny_model("llama")
-    model = loaded.model
-    prefix = [3, 4, 5, 6]
-    tree = TokenTree([7, 8, 9, 10, 11], [-1, -1, 0, 2, 1])
-    with torch.inference_mode():
-        cache = kv.new_cache(model)
-        kv.cached_forward(model, torch.tensor([prefix[:-1]]), cache)
-        logits = engine.tree_forward(model, prefix[-1], tree, len(prefix) - 1, cache, "cpu")
-        for node in range(len(tree)):
-            seq = prefix + [tree.tokens[i] for i in tree.path_to(node)]
-            full = model(torch.tensor([seq])).logits[0, -1]
-            torch.testing.assert_close(logits[node + 1], full)
+    drafter = make_drafter(loaded, "token-recycling")
+    drafter.matrix[:] = torch.arange(8)[None].numpy() + 1  # every row drafts tokens 1..8
+    full = drafter.propose([5, 6, 7], max_depth=8)
+    chain = full.first_chain()
+    template_ids = [drafter._template_ids[i] for i in chain.map_into(full)]
+    assert template_ids != list(range(len(chain)))  # the chain skips template indices
+    path = list(range(len(chain)))  # the whole chain accepted
+    drafter.feedback(chain, torch.zeros(1 + len(chain), 96),
+                     VerifyResult(path, chain.tokens + [1]))
+    for n in drafter.sizes:
+        assert drafter.accepted_by_size[n] == sum(t < n for t in template_ids)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", DRAFTERS)
-def test_greedy_identity_and_kv_invariant(family, method):
-    """Token ids equal vanilla's, length included, over 20 prompts; after every step the cache
-    equals a fresh prefill of the committed tokens (all but the newest, the next root)."""
-    loaded = tiny_model(family, eos=0)
-    drafter = make_drafter(loaded, method, **DRAFTER_OPTIONS[method])
-    accepted = 0
-    for i, prompt in enumerate(prompts(20, seed=2)):
-        vanilla = tokenforge.generate(loaded, prompt, max_new_tokens=30)
-        hook = check_kv(loaded.model) if i < 4 else None
-        ids, _, stats = engine.run(loaded.model, loaded.tokenizer, prompt, drafter,
-                                   SamplingParams(), 30, loaded.context_length, step_hook=hook)
-        assert ids == vanilla.token_ids, f"prompt {i}"
-        assert stats.new_tokens == len(ids)
-        accepted += sum(k * n for k, n in stats.acceptance_histogram.items())
-    assert accepted > 0, "the drafter never had a draft accepted: the test proves nothing"
+def test_residual_that_rounds_to_zero_falls_back_to_p():
+    """When q dominates p everywhere (q ~ p after float32 rounding), max(0, p - q) is all zeros;
+    the bonus is then drawn from p instead of failing in multinomial."""
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=0, sampler="rejection"), 8)
+    logits = torch.linspace(0, 3, 8)[None].repeat(2, 1)
+    p = SamplingParams(temperature=1.0).probs(logits[0])
+    q = p + 1e-3
+    q[0] += 0.5  # q >= p everywhere: the residual is all zeros
+    tree = TokenTree([0], [-1], torch.stack([q, torch.zeros(8)]))  # rejected almost surely
+    rejected = 0
+    for _ in range(50):
+        result = verify_sampling(tree, logits, sampler)
+        rejected += not result.path
+        assert p[result.tokens[-1]] > 0
+    assert rejected > 40
 
 
-def check_kv(model):
-    def hook(cache, committed):
-        fresh = kv.new_cache(model)
-        model(torch.tensor([committed[:-1]]), **{kv._cache_arg(type(model)): fresh})
-        assert kv.cache_len(cache) == len(committed) - 1
-        for ours, ref in zip(cache.layers, fresh.layers):
-            torch.testing.assert_close(ours.keys, ref.keys)
-            torch.testing.assert_close(ours.values, ref.values)
-    return hook
-
-
-@pytest.mark.parametrize("method", DRAFTERS)
-def test_greedy_identity_on_demo(demo, method):
-    texts = ["def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n"
-             "def fact(n):", "import os\nimport sys\n", "class Stack:\n    def push(self, x):",
-             "    def __init__(self, name):\n        self.name = name\n", "for key in d:",
-             "def read(path):\n    with open(path) as f:", "if __name__ == '__main__':",
-             "    raise TypeError(", "x = {'a': 1, 'b': 2}\n", "try:\n    import",
-             "# Licensed to the PSF\n", "def __eq__(self, other):", "    @property\n",
-             "return [x for x in", "from collections import", "def parse_args(argv):",
-             "while queue:", "assert isinstance(", "self.assertEqual(", "print(f'"]
-    drafter = make_drafter(demo, method)
-    forwards = tokens = 0
-    for text in texts:
-        vanilla = tokenforge.generate(demo, text, max_new_tokens=48)
-        ours = tokenforge.generate(demo, text, max_new_tokens=48, drafter=drafter)
-        assert ours.token_ids == vanilla.token_ids, text
-        forwards += ours.stats.target_forwards
-        tokens += ours.stats.new_tokens
-    assert tokens / forwards > 1.2  # the drafter really speculates on the demo model
-
-
-def exact_joint(loaded, prompt: list[int], sampling: SamplingParams, n: int) -> dict:
-    """Exact probability of every continuation of up to n tokens (ending early at EOS) under
-    `sampling` (small vocabularies only)."""
-    model = loaded.model
-    eos = engine.eos_token_ids(model, loaded.tokenizer)
-    out = {(): 1.0}
-    for _ in range(n):
-        nxt = {}
-        for seq, prob in out.items():
-            if seq and seq[-1] in eos:
-                nxt[seq] = prob
-                continue
-            with torch.inference_mode():
-                logits = model(torch.tensor([prompt + list(seq)])).logits[0, -1]
-            p = sampling.probs(logits)
-            for tok in range(len(p)):
-                if p[tok] > 0:
-                    nxt[seq + (tok,)] = prob * float(p[tok])
-        out = nxt
-    return out
-
-
-def chi_square_pvalue(counts: dict, expected_probs: dict, total: int) -> float:
-    """Pearson chi-square over the outcomes, cells with expected count < 5 pooled into one."""
-    stat, pooled_obs, pooled_exp, cells = 0.0, 0, 0.0, 0
-    for outcome, prob in expected_probs.items():
-        expected = prob * total
-        observed = counts.get(outcome, 0)
-        if expected < 5:
-            pooled_obs, pooled_exp = pooled_obs + observed, pooled_exp + expected
-            continue
-        stat += (observed - expected) ** 2 / expected
-        cells += 1
-    if pooled_exp > 0:
-        stat += (pooled_obs - pooled_exp) ** 2 / pooled_exp
-        cells += 1
-    dof = cells - 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(stat / 2)))
-
-
-SAMPLES = 1500
-ALPHA = 1e-3
-
-
-def sample_counts(loaded, prompt, method, options, sampling_kw, n_tokens=3):
-    drafter = make_drafter(loaded, method, **options) if method else None
-    counts: dict = {}
-    drafted = 0
-    for seed in range(SAMPLES):
-        out = tokenforge.generate(loaded, prompt, max_new_tokens=n_tokens, seed=seed,
-                                  drafter=drafter, **sampling_kw) if drafter else \
-            tokenforge.generate(loaded, prompt, max_new_tokens=n_tokens, seed=seed, **sampling_kw)
-        key = tuple(out.token_ids)
-        counts[key] = counts.get(key, 0) + 1
-        drafted += any(k > 0 for k in out.stats.acceptance_histogram)
-    return counts, drafted
-
-
-@pytest.mark.parametrize("method", DRAFTERS)
-def test_sampling_distribution_matches_target(method):
-    """Statistic: Pearson chi-square of the first 3 sampled tokens (8-token vocabulary, all
-    3-token outcomes, sparse cells pooled) against the exact target distribution computed from
-    the model. Bound: p-value >= 1e-3, so a correct sampler fails with probability 0.1% (the
-    seeds are fixed, so the test is deterministic). The same check rejects a verifier that
-    accepts every draft (see test_sampling_check_has_power)."""
-    loaded = tiny_model("llama", vocab_size=8, hidden=16, seed=3)
-    prompt = [1] * 10
-    sampling_kw = {"temperature": 1.0, "top_k": 6}
-    exact = exact_joint(loaded, prompt, SamplingParams(**sampling_kw), 3)
-    counts, drafted = sample_counts(loaded, prompt, method, DRAFTER_OPTIONS[method], sampling_kw)
-    assert drafted > SAMPLES // 10, "drafts were rarely accepted: the test would prove little"
-    assert chi_square_pvalue(counts, exact, SAMPLES) >= ALPHA
-
-
-def test_sampling_check_has_power(monkeypatch):
-    """A verifier that always accepts a deterministic draft is caught by the same statistic."""
-    from tokenforge.decoding import verify as verify_module
-
-    def accept_everything(tree, logits, sampling, gen):
-        path = tree.first_chain()
-        last = len(path) - 1
-        tokens = path.tokens + [sampling.sample(logits[last + 1], gen)]
-        return verify_module.VerifyResult(list(range(len(path))), tokens)
-
-    monkeypatch.setattr(engine, "verify", accept_everything)
-    loaded = tiny_model("llama", vocab_size=8, hidden=16, seed=3)
-    prompt = [1] * 10
-    sampling_kw = {"temperature": 1.0, "top_k": 6}
-    exact = exact_joint(loaded, prompt, SamplingParams(**sampling_kw), 3)
-    counts, _ = sample_counts(loaded, prompt, "pld", {}, sampling_kw)
-    assert chi_square_pvalue(counts, exact, SAMPLES) < ALPHA
-
-
-def test_chain_fallback_without_tree_masks(monkeypatch):
-    """Models whose attention ignores custom masks get the tree's first chain: still lossless."""
+def test_chain_fallback_without_tree_masks():
+    """Backends whose attention ignores custom masks verify the tree's first chain: lossless."""
     loaded = tiny_model("qwen2")
-    monkeypatch.setattr(engine, "NO_TREE_MASK", {loaded.model.config._attn_implementation})
+    backend = TransformersBackend(loaded.model)
+    backend.supports_tree = False
+    loaded.backends[("transformers", "target")] = backend
     drafter = make_drafter(loaded, "pld", num_matches=4)
     for prompt in prompts(6, seed=5):
         vanilla = tokenforge.generate(loaded, prompt, max_new_tokens=20)
-        assert tokenforge.generate(loaded, prompt, max_new_tokens=20,
-                                   drafter=drafter).token_ids == vanilla.token_ids
+        chained = tokenforge.generate(loaded, prompt, max_new_tokens=20, drafter=drafter,
+                                      backend="transformers")
+        assert chained.token_ids == vanilla.token_ids
+        assert max(chained.stats.forward_sizes) > 1
 
 
 def test_cache_without_layers_gives_clear_error():
     class OpaqueCache:
         layers = None
 
+    backend = TransformersBackend(tiny_model("llama").model)
+    backend.cache = OpaqueCache()
     with pytest.raises(UnsupportedModelError, match="chain drafter"):
-        kv.keep(OpaqueCache(), 3, [0, 2])
+        backend.keep(3, [0, 2])
 
 
 def test_stats_split_time_and_count_forwards():
@@ -234,6 +141,126 @@ def test_stats_split_time_and_count_forwards():
     s = out.stats
     assert s.new_tokens == len(out.token_ids) > 1
     assert sum(s.acceptance_histogram.values()) == s.target_forwards - 1  # prefill has no draft
+    assert sum(s.forward_sizes.values()) == s.target_forwards - 1
     assert sum((k + 1) * n for k, n in s.acceptance_histogram.items()) + 1 >= s.new_tokens
     assert math.isclose(s.draft_s + s.verify_s + s.other_s, s.total_s, rel_tol=1e-6)
     assert s.mean_accepted_tokens == s.new_tokens / s.target_forwards
+    assert s.backend.startswith("static") and s.sampler == "greedy" and s.overlap is None
+    sps = tokenforge.generate(loaded, prompt, method="sps", max_new_tokens=24,
+                              draft=tiny_model("llama", seed=1))
+    assert sum(sps.stats.draft_forward_sizes.values()) > 0
+
+
+# the stopper --------------------------------------------------------------------------------
+
+def test_incremental_text_equals_the_full_decode(demo):
+    """Text decoded a window at a time equals one decode of all tokens, on the byte-level BPE
+    demo tokenizer (multi-byte characters included) and on a word-level one."""
+    for tokenizer, ids in ((demo.tokenizer, demo.tokenizer("x = 'héllo wörld ✓ 日本'\n" * 3)[
+            "input_ids"]), (tiny_model("llama").tokenizer, list(range(2, 60)))):
+        streamed: list[str] = []
+        stopper = Stopper(tokenizer, set(), 10_000, [], streamed.append)
+        for i in range(0, len(ids), 3):
+            stopper.add(ids[i:i + 3])
+        stopper.close()
+        full = tokenizer.decode(ids, skip_special_tokens=True)
+        assert stopper.text() == full == "".join(streamed)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_stop_strings_cut_the_same_tokens_for_every_method(demo, demo_draft, method):
+    """Tokens are taken one at a time, so a stop string ends every method on the token that
+    completed it: ids, text and counts equal plain decoding's."""
+    prompt, stop = "def add(a, b):\n    return a + b\n\n\ndef", ["\n\n"]
+    want = tokenforge.generate(demo, prompt, max_new_tokens=64, stop=stop)
+    assert want.stats.finish_reason == "stop"
+    drafter = make_drafter(demo, method, demo_draft if get_method(method).needs_draft else None)
+    got = tokenforge.generate(demo, prompt, max_new_tokens=64, stop=stop, drafter=drafter)
+    assert (got.token_ids, got.text, got.stats.new_tokens) == (
+        want.token_ids, want.text, len(want.token_ids))
+    assert "\n\n" not in got.text and "\n\n" in demo.tokenizer.decode(got.token_ids)
+
+
+# logprobs and seeds -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_logprobs_are_the_targets_whichever_method_runs(temperature):
+    loaded = tiny_model("llama", eos=0)
+    draft = tiny_model("llama", seed=1)
+    prompt = prompts(2, seed=9)[1]
+    runs = {}
+    for method in METHODS:
+        spec = get_method(method)
+        out = tokenforge.generate(loaded, prompt, max_new_tokens=16, temperature=temperature,
+                                  seed=3, logprobs=3, method=method,
+                                  draft=draft if spec.needs_draft else None)
+        runs[method] = out
+    reference = tokenforge.generate(loaded, prompt, max_new_tokens=16, temperature=temperature,
+                                    seed=3, logprobs=3, backend="transformers")
+    for method, out in runs.items():
+        assert out.token_ids == reference.token_ids, method
+        got = torch.tensor([t.logprob for t in out.logprobs])
+        want = torch.tensor([t.logprob for t in reference.logprobs])
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=method)
+        assert [[t for t, _ in x.top] for x in out.logprobs] == \
+            [[t for t, _ in x.top] for x in reference.logprobs], method
+    # the logprob is log p(token) under the processed distribution, and top-k is sorted
+    first = reference.logprobs[0]
+    assert first.top == sorted(first.top, key=lambda x: -x[1]) and all(v <= 0 for _, v in first.top)
+
+
+def test_echo_scores_the_prompt():
+    loaded = tiny_model("llama")
+    prompt = [5, 6, 7, 8, 9]
+    out = tokenforge.generate(loaded, prompt, max_new_tokens=0, echo=True, logprobs=2)
+    assert out.token_ids == [] and [t.token for t in out.prompt_logprobs] == prompt
+    assert out.prompt_logprobs[0].logprob is None
+    with torch.inference_mode():
+        logp = torch.log_softmax(loaded.model(torch.tensor([prompt])).logits[0].float(), -1)
+    want = [float(logp[i, prompt[i + 1]]) for i in range(4)]
+    assert [t.logprob for t in out.prompt_logprobs[1:]] == pytest.approx(want, abs=1e-6)
+    with pytest.raises(InvalidOptionError, match="max_new_tokens"):
+        tokenforge.generate(loaded, prompt, max_new_tokens=0)
+
+
+SEEDED = """
+import json, sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from tests.conftest import tiny_model
+import tokenforge
+target, draft = tiny_model("llama", eos=0), tiny_model("llama", seed=1)
+out = {{}}
+for method in {methods!r}:
+    spec = tokenforge.decoding.registry.get_method(method)
+    out[method] = tokenforge.generate(target, [4, 5, 6, 4, 5], method=method, max_new_tokens=20,
+        temperature=1.0, seed=42, draft=draft if spec.needs_draft else None).token_ids
+print(json.dumps(out))
+"""
+
+
+def test_seeds_reproduce_across_processes_for_every_method():
+    """The same seed gives the same sample in another process, for every method, whatever state
+    its drafter carries (two calls in this process share a drafter; the other process does not)
+    and it is vanilla's sample."""
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    script = SEEDED.format(root=root, methods=METHODS + ["vanilla"])
+    other = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                      text=True, check=True, timeout=300).stdout)
+    target, draft = tiny_model("llama", eos=0), tiny_model("llama", seed=1)
+    for method in METHODS:
+        spec = get_method(method)
+        drafter = make_drafter(target, method, draft if spec.needs_draft else None)
+        here = [tokenforge.generate(target, [4, 5, 6, 4, 5], drafter=drafter, max_new_tokens=20,
+                                    temperature=1.0, seed=42).token_ids for _ in range(2)]
+        assert here[0] == here[1] == other[method] == other["vanilla"], method
+
+
+def test_sampling_params_refuse_bad_values():
+    for bad in (dict(temperature=float("nan")), dict(temperature=float("inf")),
+                dict(temperature="0.5"), dict(top_k=1.5), dict(top_p=0.0), dict(seed="x"),
+                dict(sampler="beam")):
+        with pytest.raises(InvalidOptionError):
+            SamplingParams(**bad)
