@@ -8,9 +8,10 @@ input embedding table, of which one row is read (the shapes are untied, like Lla
 cache (a few hundred tokens here) adds about 1% on 7B and is left out.
 
 For each shape a LlamaForCausalLM with random weights is built on the device, warmed up, then
-timed decoding `--new-tokens` tokens from a 32-token prompt with tokenforge's `vanilla` loop and
-with transformers' greedy `generate`. ratio = measured s/token / floor s/token (1.0 would be
-perfectly bandwidth-bound).
+timed decoding `--new-tokens` tokens from a 32-token prompt with tokenforge's `vanilla` loop on
+the fast path (`static`: static cache, lean forward, CUDA graphs on a GPU) and on the fallback
+(`transformers`: the model's own forward with a DynamicCache), and with transformers' greedy
+`generate`. ratio = measured s/token / floor s/token (1.0 would be perfectly bandwidth-bound).
 
     python benchmarks/bandwidth_floor.py --shapes 1.1b,7b --device cuda --out floor.json
     python benchmarks/bandwidth_floor.py --shapes tiny --device cpu --dtype float32  # dry run
@@ -45,12 +46,13 @@ class FloorResult:
     bytes_per_step: int
     copy_bandwidth_gb_s: float
     floor_ms_per_token: float
-    tokenforge_ms_per_token: float
-    hf_ms_per_token: float
+    static_ms_per_token: float  # tokenforge vanilla, fast path
+    fallback_ms_per_token: float  # tokenforge vanilla, transformers backend
+    hf_ms_per_token: float  # transformers generate
 
     @property
     def ratio(self) -> float:
-        return self.tokenforge_ms_per_token / self.floor_ms_per_token
+        return self.static_ms_per_token / self.floor_ms_per_token
 
 
 class NoText:
@@ -109,10 +111,13 @@ def measure(shape: str, device: torch.device, dtype: torch.dtype, new_tokens: in
                            generator=torch.Generator().manual_seed(0)).tolist()
     input_ids = torch.tensor([prompt], device=device)
 
-    def ours(n: int):
-        gen = tokenforge.generate(loaded, prompt, method="vanilla", max_new_tokens=n)
-        if len(gen.token_ids) != n:
-            raise RuntimeError(f"expected {n} tokens, got {len(gen.token_ids)}")
+    def ours(backend: str):
+        def decode(n: int):
+            gen = tokenforge.generate(loaded, prompt, method="vanilla", max_new_tokens=n,
+                                      backend=backend)
+            if len(gen.token_ids) != n:
+                raise RuntimeError(f"expected {n} tokens, got {len(gen.token_ids)}")
+        return decode
 
     def theirs(n: int):
         with torch.inference_mode():
@@ -124,9 +129,14 @@ def measure(shape: str, device: torch.device, dtype: torch.dtype, new_tokens: in
         shape=shape, parameters=sum(p.numel() for p in model.parameters()),
         bytes_per_step=step_bytes, copy_bandwidth_gb_s=bandwidth / 1e9,
         floor_ms_per_token=1000 * step_bytes / bandwidth,
-        tokenforge_ms_per_token=ms_per_token(device, ours, new_tokens),
+        static_ms_per_token=ms_per_token(device, ours("static"), new_tokens),
+        fallback_ms_per_token=ms_per_token(device, ours("transformers"), new_tokens),
         hf_ms_per_token=ms_per_token(device, theirs, new_tokens))
     return result  # the model is freed with this frame
+
+
+def _ms(ms: float) -> str:
+    return f"{ms:.2f} ms ({1000 / ms:.0f} tok/s)"
 
 
 def main() -> None:
@@ -146,9 +156,9 @@ def main() -> None:
     name = device_name(device)
     print(f"{name}: device-to-device copy {bandwidth / 1e9:.0f} GB/s (read + write); "
           f"{args.dtype}, {args.new_tokens} new tokens after a {PROMPT_TOKENS}-token prompt")
-    print("| shape | parameters | weights read/token | floor | tokenforge vanilla | "
-          "measured / floor | transformers generate |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| shape | parameters | weights read/token | floor | vanilla, fast path | "
+          "fast / floor | vanilla, fallback | transformers generate |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     results = []
     for shape in shapes:
         started = time.perf_counter()
@@ -157,10 +167,8 @@ def main() -> None:
             torch.cuda.empty_cache()  # give the last shape's memory back before the next
         results.append(r)
         print(f"| {shape} | {r.parameters / 1e9:.2f}B | {r.bytes_per_step / 1e9:.2f} GB | "
-              f"{r.floor_ms_per_token:.2f} ms ({1000 / r.floor_ms_per_token:.0f} tok/s) | "
-              f"{r.tokenforge_ms_per_token:.2f} ms ({1000 / r.tokenforge_ms_per_token:.0f} "
-              f"tok/s) | {r.ratio:.1f}x | {r.hf_ms_per_token:.2f} ms "
-              f"({1000 / r.hf_ms_per_token:.0f} tok/s) |", flush=True)
+              f"{_ms(r.floor_ms_per_token)} | {_ms(r.static_ms_per_token)} | {r.ratio:.1f}x | "
+              f"{_ms(r.fallback_ms_per_token)} | {_ms(r.hf_ms_per_token)} |", flush=True)
         print(f"  ({shape}: {time.perf_counter() - started:.0f}s)", flush=True)
     if args.out:
         record = {"device_name": name, "dtype": args.dtype, "new_tokens": args.new_tokens,

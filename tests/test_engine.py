@@ -143,7 +143,8 @@ def test_stats_split_time_and_count_forwards():
     assert sum(s.acceptance_histogram.values()) == s.target_forwards - 1  # prefill has no draft
     assert sum(s.forward_sizes.values()) == s.target_forwards - 1
     assert sum((k + 1) * n for k, n in s.acceptance_histogram.items()) + 1 >= s.new_tokens
-    assert math.isclose(s.draft_s + s.verify_s + s.other_s, s.total_s, rel_tol=1e-6)
+    assert math.isclose(s.prefill_s + s.draft_s + s.verify_s + s.other_s, s.total_s, rel_tol=1e-6)
+    assert s.prefill_s > 0
     assert s.mean_accepted_tokens == s.new_tokens / s.target_forwards
     assert s.backend.startswith("static") and s.sampler == "greedy" and s.overlap is None
     sps = tokenforge.generate(loaded, prompt, method="sps", max_new_tokens=24,

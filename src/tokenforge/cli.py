@@ -29,6 +29,10 @@ def generate(
     option: list[str] = typer.Option(None, "--option", "-o", help="method option key=value"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
+    backend: str = typer.Option("auto", help="auto (the fast path where it applies), static, "
+                                             "transformers"),
+    sampler: str = typer.Option("gumbel", help="temperature > 0: gumbel (reproducible seeds) "
+                                               "or rejection"),
     trust_remote_code: bool = typer.Option(False, help="run the model repo's own code"),
     stats: bool = typer.Option(True, help="print generation stats to stderr"),
 ):
@@ -45,7 +49,8 @@ def generate(
     try:
         result = run_generate(loaded, prompt, method=method, draft=draft,
                               max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                              top_p=top_p, seed=seed, stop=stop or None,
+                              top_p=top_p, seed=seed, stop=stop or None, backend=backend,
+                              sampler=sampler,
                               on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
                               **parse_options(option))
     finally:  # end the line of text even when an error or Ctrl-C cuts it short
@@ -54,8 +59,8 @@ def generate(
         s = result.stats
         typer.echo(f"[{method}] {s.new_tokens} tokens in {s.total_s:.2f}s "
                    f"({s.tokens_per_s:.1f} tok/s), {s.target_forwards} target forwards, "
-                   f"{s.mean_accepted_tokens:.2f} tokens/forward, finish: {s.finish_reason}",
-                   err=True)
+                   f"{s.mean_accepted_tokens:.2f} tokens/forward, finish: {s.finish_reason}; "
+                   f"backend: {s.backend}", err=True)
 
 
 @app.command()

@@ -44,9 +44,10 @@ class GenerationStats:
     acceptance_histogram: dict[int, int] = field(default_factory=dict)  # accepted drafts -> steps
     forward_sizes: dict[int, int] = field(default_factory=dict)  # tokens per forward -> forwards
     draft_forward_sizes: dict[int, int] = field(default_factory=dict)  # the draft model's
+    prefill_s: float = 0.0  # the prompt's forward and the first token
     draft_s: float = 0.0
-    verify_s: float = 0.0
-    other_s: float = 0.0
+    verify_s: float = 0.0  # target forwards over trees, verification, keeping the path
+    other_s: float = 0.0  # the rest: the loop itself, stopping, detokenizing
     total_s: float = 0.0
     draft_hidden_s: float = 0.0  # concurrent schedules: wall time the overlap saved
     concurrent: bool = False
@@ -198,6 +199,7 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
             if scorer is not None:
                 scorer.add(logits[-1:], first)
             done = stopper.finished
+        stats.prefill_s = time.perf_counter() - start
         if drafter is not None and not done:
             t = time.perf_counter()
             drafter.set_sampling(sampler)
@@ -228,7 +230,7 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
     if drafter is not None:
         stats.draft_forward_sizes = dict(sorted(drafter.draft_forward_sizes().items()))
     stats.total_s = time.perf_counter() - start
-    stats.other_s = max(0.0, stats.total_s - stats.draft_s - stats.verify_s)
+    stats.other_s = max(0.0, stats.total_s - stats.prefill_s - stats.draft_s - stats.verify_s)
     return Generation(text=stopper.text(), token_ids=stopper.tokens, stats=stats, method=method,
                       logprobs=scorer.tokens if logprobs is not None else None,
                       prompt_logprobs=prompt_scores)

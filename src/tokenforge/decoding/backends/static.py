@@ -4,8 +4,8 @@ Supported: Llama, Qwen2, Qwen3, Mistral and Gemma checkpoints whose rotary embed
 depend on the sequence length and whose attention has no active sliding window (see
 `unsupported_reason`). The forward reuses the model's own embedding, norms, activation and
 weights; the attention (q/k/v projections fused into one matrix, rotary embedding, a write into
-the preallocated cache, scaled-dot-product attention over the cached slice) and the MLP
-(gate and up fused) are written out, about 40 lines in all. Logits match transformers' to float
+the preallocated cache, scaled-dot-product attention over the cached slice) and the MLP are
+written out, about 40 lines in all. Logits match transformers' to float
 rounding (tested on every supported family).
 
 Cache: per layer a (1, kv_heads, capacity, head_dim) buffer for keys and one for values,
@@ -13,8 +13,9 @@ allocated for the generation's capacity (prompt + new tokens + the largest tree)
 next generation when large enough. Keeping a tree path is an index copy inside the buffer;
 dropping positions only moves `length`.
 
-CPU: the linear layers run through oneDNN with weights prepacked once (the packed copy costs as
-much memory as the weights; measured 1.3-2x faster than `F.linear` on small models). With 16-bit
+CPU: q/k/v and gate/up are fused, and the linear layers run through oneDNN with weights
+prepacked once (the packed copy costs as much memory as the weights; measured 1.3-2x faster
+than `F.linear` on small models). With 16-bit
 weights the activations, the KV cache and the logits stay float32: inputs are cast to the
 weight dtype for each matrix product and the product back to float32 (the weights' precision,
 float32 arithmetic elsewhere). `torch.compile` was measured slower here (6.3 ms against 4.5 ms
@@ -105,24 +106,37 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | Non
     return packed
 
 
+class Projection:
+    """Linear layers applied to the same input, outputs concatenated. On the CPU they are fused
+    into one (packed) matrix: one product, and one extra copy of the weights; elsewhere they stay
+    apart and share the model's weights (no copy; CUDA graphs make the extra launches free)."""
+
+    def __init__(self, linears: list[torch.nn.Linear], act_dtype: torch.dtype, fuse: bool):
+        if fuse:
+            bias = None
+            if linears[0].bias is not None:
+                bias = torch.cat([linear.bias for linear in linears])
+            self.parts = [Linear(torch.cat([linear.weight for linear in linears]), bias,
+                                 act_dtype)]
+        else:
+            self.parts = [Linear(linear.weight, linear.bias, act_dtype) for linear in linears]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0](x)
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+
 class Layer:
-    def __init__(self, layer, act_dtype: torch.dtype):
+    def __init__(self, layer, act_dtype: torch.dtype, fuse: bool):
         attn, mlp = layer.self_attn, layer.mlp
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        bias = None
-        if attn.q_proj.bias is not None:
-            bias = torch.cat([p.bias for p in projections])
-        self.qkv = Linear(torch.cat([p.weight for p in projections]), bias, act_dtype)
+        self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj], act_dtype, fuse)
         self.o = Linear(attn.o_proj.weight, attn.o_proj.bias, act_dtype)
         self.q_size = attn.q_proj.out_features
         self.kv_size = attn.k_proj.out_features
         self.q_norm = getattr(attn, "q_norm", None)
         self.k_norm = getattr(attn, "k_norm", None)
-        gate_bias = None
-        if mlp.gate_proj.bias is not None:
-            gate_bias = torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])
-        self.gate_up = Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), gate_bias,
-                              act_dtype)
+        self.gate_up = Projection([mlp.gate_proj, mlp.up_proj], act_dtype, fuse)
         self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, act_dtype)
         self.intermediate = mlp.gate_proj.out_features
         self.act = mlp.act_fn
@@ -132,7 +146,9 @@ class Layer:
 class StaticBackend(Backend):
     name = "static"
 
-    def __init__(self, model, graphs: bool | None = None):
+    def __init__(self, model, graphs: bool | None = None, fuse: bool | None = None):
+        """`graphs` (default: on CUDA) pads each forward to a bucket and, on CUDA, replays a
+        captured graph; `fuse` (default: on the CPU) fuses q/k/v and gate/up into one matrix."""
         super().__init__(model)
         config = model.config
         weight_dtype = model.get_input_embeddings().weight.dtype
@@ -141,7 +157,8 @@ class StaticBackend(Backend):
                                                                       torch.float16) else weight_dtype
         inner = model.model
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
-        self.layers = [Layer(layer, self.act_dtype) for layer in inner.layers]
+        fuse = on_cpu if fuse is None else fuse
+        self.layers = [Layer(layer, self.act_dtype, fuse) for layer in inner.layers]
         head = model.lm_head
         self.head = Linear(head.weight, head.bias, self.act_dtype)
         attn = inner.layers[0].self_attn
@@ -157,7 +174,7 @@ class StaticBackend(Backend):
         self._graphs: dict[int, _Graph] = {}
 
     def describe(self) -> str:
-        packed = any(layer.qkv.packed is not None for layer in self.layers)
+        packed = self.head.packed is not None
         parts = [self.name, f"activations {str(self.act_dtype).removeprefix('torch.')}"]
         if packed:
             parts.append("oneDNN packed weights")
