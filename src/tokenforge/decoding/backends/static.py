@@ -229,12 +229,13 @@ class StaticBackend(Backend):
         if self.graphs and q <= BUCKETS[-1]:
             logits = self._graph_forward(tokens, pos, mask)
         else:
+            causal = mask is None and q > 1 and start == 0  # a prefill: SDPA's own causal mask
             attend = None
-            if q > 1 or mask is not None:
+            if (q > 1 or mask is not None) and not causal:
                 attend = torch.from_numpy(full_mask(q, start, mask))[None, None].to(self.device)
             ids = torch.tensor(tokens, device=self.device)
             hidden = self._hidden(ids, torch.from_numpy(pos).to(self.device), attend,
-                                  self._append(start, q))
+                                  self._append(start, q), causal)
             logits = self._logits(hidden[:, -1:] if last_only else hidden)
         self.length = start + q
         return logits[-1:] if last_only else logits
@@ -247,7 +248,7 @@ class StaticBackend(Backend):
         return write
 
     def _hidden(self, ids: torch.Tensor, pos: torch.Tensor, attend: torch.Tensor | None,
-                write) -> torch.Tensor:
+                write, causal: bool = False) -> torch.Tensor:
         q = ids.shape[0]
         cos, sin = self.cos[pos], self.sin[pos]
         h = self.embed(ids)[None].to(self.act_dtype)
@@ -263,7 +264,8 @@ class StaticBackend(Backend):
             keys = rotate(keys.transpose(1, 2), cos, sin)
             all_keys, all_values = write(i, keys, values.transpose(1, 2))
             out = F.scaled_dot_product_attention(queries, all_keys, all_values, attn_mask=attend,
-                                                 scale=self.scale, enable_gqa=True)
+                                                 is_causal=causal, scale=self.scale,
+                                                 enable_gqa=True)
             h = h + layer.o(out.transpose(1, 2).reshape(1, q, -1))
             gate_up = layer.gate_up(layer.norm2(h))
             gate, up = gate_up[..., :layer.intermediate], gate_up[..., layer.intermediate:]
