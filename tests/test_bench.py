@@ -4,14 +4,18 @@ length-aware lossless check, results.json's schema, both dataset formats and cle
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import tiny_model
-from tokenforge.bench import datasets, runner
+from tokenforge.bench import datasets, runner, system
 from tokenforge.bench.cli import parse_method_options
 from tokenforge.bench.datasets import Prompt, encode, load_dataset
+from tokenforge.bench.modelled import modelled_speedup
+from tokenforge.bench.replay import load_replay
 from tokenforge.bench.report import (
     SCHEMA_VERSION,
     markdown_report,
@@ -21,25 +25,34 @@ from tokenforge.bench.report import (
 )
 from tokenforge.bench.runner import (
     BenchConfig,
+    Decoded,
     MethodPlan,
     MethodResult,
     PromptResult,
+    Selected,
     count_tokens,
+    first_divergence,
+    interleave,
     lossless_rate,
     plan_methods,
     run_bench,
     same_tokens,
     score,
 )
+from tokenforge.bench.stats import Bootstrap
+from tokenforge.bench.system import MachineLoad
+from tokenforge.decoding.costs import CalibrationStore, CostCurve
 from tokenforge.decoding.registry import get_method
 from tokenforge.errors import DatasetError, InvalidOptionError, TokenforgeError
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared/data/spec_bench/question.jsonl"
 PHRASES = ["w73 w84 w25", "w77 w50 w75", "w22 w23 w22 w23 w30", "w70 w3 w88 w29 w64 w21"]
-METHOD_KEYS = {"kind", "paper", "options", "n_prompts", "new_tokens", "seconds", "tokens_per_s",
-               "speedup", "mean_accepted_tokens", "target_forwards", "lossless_rate",
-               "peak_memory_mb", "time_split", "prompts"}
-
+METHOD_KEYS = {"kind", "paper", "options", "bench_options", "n_prompts", "new_tokens", "seconds",
+               "tokens_per_s", "speedup", "speedup_ci95", "speedup_vs_hf_greedy",
+               "speedup_vs_hf_greedy_ci95", "modelled_speedup", "mean_accepted_tokens",
+               "target_forwards", "forward_sizes", "draft_forward_sizes", "lossless_rate",
+               "median_first_divergence", "peak_memory_mb", "backend", "sampler", "dtype",
+               "draft_dtype", "calibration", "time_split", "prompts"}
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -91,7 +104,18 @@ def test_a_method_that_stops_early_scores_not_lossless():
     score([vanilla, early])
     assert vanilla.lossless_rate == 1.0 and early.lossless_rate == 0.5
     assert [p.lossless for p in early.prompts] == [False, True]
+    assert [p.first_divergence for p in early.prompts] == [3, None]
+    assert early.median_first_divergence == 3 and vanilla.median_first_divergence is None
     assert early.speedup == pytest.approx((5 / 1.0) / (6 / 2.0))
+
+
+def test_first_divergence_is_the_first_differing_index_or_the_shorter_length():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([4, 2], [5, 2]) == 0
+    assert first_divergence([1, 2, 3], [1, 2]) == 2  # stopped early
+    assert first_divergence([1], [1, 2, 3]) == 1  # ran on
+    assert first_divergence([], [7]) == 0
 
 
 def test_methods_and_hf_baselines_count_the_same_tokens(tiny, word_prompts):
@@ -117,6 +141,11 @@ def test_hf_assisted_uses_the_draft_and_stays_quiet(word_prompts, capfd):
     result = bench(target, word_prompts, ["hf-assisted"], draft=draft, limit=1)
     assert result.methods[1].lossless_rate == 1.0
     assert capfd.readouterr().err == ""  # no transformers warnings, no progress bar
+    data = results_json(result)
+    assert data["methods"]["hf-assisted"]["speedup_ci95"] is None  # one prompt: no interval
+    assert "[n/a]" in markdown_table(data) and "nothing to resample" in markdown_report(data)
+    assert data["methods"]["hf-assisted"]["draft_dtype"] == "float64"
+    assert data["cost_curves"]["draft"] is None  # no tokenforge method used the draft
 
 
 def test_time_split_reports_draft_share_and_pearl_overlap(word_prompts):
@@ -132,6 +161,10 @@ def test_time_split_reports_draft_share_and_pearl_overlap(word_prompts):
         assert split["draft_s"] > 0 and 0 < split["draft_share"] < 1
         assert split["total_s"] <= methods[name]["seconds"] * 1.05 + 0.01  # inside the timing
     assert "overlap" not in methods["sps"]["time_split"]
+    # gamma 3: catch-ups of at most 4 tokens; the draft's prefill (7+ tokens) is left out
+    assert 0 < max(map(int, methods["sps"]["draft_forward_sizes"])) <= 4
+    assert data["cost_curves"]["draft"]["source"] == "measured"
+    assert data["methods"]["sps"]["modelled_speedup"] > 0
     assert 0.0 <= methods["pearl"]["time_split"]["overlap"] <= 1.0
     table = markdown_report(data)
     assert "| pearl |" in table and "draft overlap" in table
@@ -179,6 +212,162 @@ def test_demo_model_on_the_bundled_sets(demo):
             assert m.lossless_rate == 1.0 and m.new_tokens > 0, (name, m.name)
 
 
+# --- interleaving, intervals, machine load, modelled speedup, calibration -------------------
+
+def test_methods_run_interleaved_in_rotating_order_and_keep_the_median(monkeypatch):
+    """Prompt i starts at method i mod M; each repeat is a full rotation; the median of the
+    repeats is kept per (method, prompt), the ids from the first."""
+    calls: list[tuple[str, int]] = []
+    clocks = {name: iter([5.0, 1.0, 2.0] * 3) for name in "abc"}
+
+    def decoder(name: str):
+        def decode(ids: list[int], seed: int | None) -> Decoded:
+            calls.append((name, ids[0]))
+            return Decoded([ids[0], 0, 9], target_forwards=3)
+        return decode
+
+    def fake_timed(device, fn, *args):
+        value = fn(*args)
+        return value, next(clocks[calls[-1][0]])
+
+    monkeypatch.setattr(runner, "timed", fake_timed)
+    prompts = [Selected(Prompt(str(i), "text"), [10 + i]) for i in range(3)]
+    config = BenchConfig(model="m", methods=[], dataset="d", repeats=3)
+    results = interleave([decoder(n) for n in "abc"], prompts, config, {0}, torch.device("cpu"),
+                         progress=False)
+    assert calls == ([("a", 10), ("b", 10), ("c", 10)] * 3 + [("b", 11), ("c", 11), ("a", 11)] * 3
+                     + [("c", 12), ("a", 12), ("b", 12)] * 3)
+    for method in results:
+        assert [p.prompt_id for p in method] == ["0", "1", "2"]
+        assert all(p.seconds == 2.0 for p in method)  # the median of 5, 1, 2 (the mean is 2.67)
+        assert [p.token_ids for p in method] == [[10, 0], [11, 0], [12, 0]]  # cut at EOS
+
+
+def test_bootstrap_interval_on_constructed_data():
+    boot = Bootstrap()
+    # identical prompts: every resample gives the same ratio
+    assert boot.speedup_interval([10] * 4, [1.0] * 4, [10] * 4, [2.0] * 4) == (2.0, 2.0)
+    # paired: a method exactly twice as fast on every prompt stays 2x however hard the prompts
+    assert boot.speedup_interval([10, 50, 20], [0.5, 4.5, 1.5], [10, 50, 20],
+                                 [1.0, 9.0, 3.0]) == (2.0, 2.0)
+    # two prompts: resamples {0,0}, {0,1}, {1,1} (probability 1/4, 1/2, 1/4) give 1, 4/3, 2;
+    # each end holds a quarter of the draws, more than the 2.5% tails
+    interval = boot.speedup_interval([10, 10], [1.0, 0.5], [10, 10], [1.0, 1.0])
+    assert interval == (1.0, 2.0)
+    assert Bootstrap().speedup_interval([10, 10], [1.0, 0.5], [10, 10], [1.0, 1.0]) == interval
+    assert boot.speedup_interval([10], [1.0], [10], [2.0]) is None  # one prompt: undefined
+    with pytest.raises(ValueError):
+        boot.speedup_interval([10, 10], [1.0], [10, 10], [1.0, 1.0])
+
+
+def test_busy_machine_rule():
+    def load(**changes) -> MachineLoad:
+        idle = dict(device="cpu", cores=2, threads=1, load_before=0.2, load_after=1.1,
+                    cpu_s=9.8, wall_s=10.0)
+        return MachineLoad(**{**idle, **changes})
+
+    assert load().other_load == pytest.approx(0.12) and load().warnings() == []
+    assert load(load_after=2.4).warnings() == []  # 1.42 others: within 1 free core + 0.5
+    assert "other processes" in load(load_before=3.0).warnings()[0]  # 2.02 others > 1.5
+    assert "waited for a core" in load(cpu_s=5.0).warnings()[0]  # CPU ÷ wall 0.5
+    assert load(device="cuda", cpu_s=5.0).warnings() == []  # a GPU run's host may wait
+    assert load(cores=8, threads=8, load_after=2.0).warnings()  # no free core: 1.02 > 0.5
+    assert load(cores=8, threads=8, load_after=1.4).warnings() == []
+    blind = load(load_before=None, load_after=None)
+    assert blind.other_load is None and blind.warnings() == []
+    assert load(load_after=4.0).as_dict()["busy"] and not load().as_dict()["busy"]
+
+
+def test_modelled_speedup_on_constructed_curves():
+    flat = CostCurve({1: 1e-3, 96: 1e-3})
+    vanilla = {1: 100}
+    assert modelled_speedup(vanilla, vanilla, {}, flat, None) == 1.0
+    assert modelled_speedup(vanilla, {4: 50}, {}, flat, None) == pytest.approx(2.0)
+    rising = CostCurve({1: 1e-3, 9: 5e-3})  # q = 5 interpolates to 3 ms
+    assert modelled_speedup(vanilla, {5: 20}, {}, rising, None) == pytest.approx(100 / 60)
+    draft = CostCurve({1: 0.25e-3, 8: 0.25e-3})  # catch-up forwards count at their own size
+    assert modelled_speedup(vanilla, {4: 25}, {1: 75, 3: 25}, flat, draft) == pytest.approx(2.0)
+    assert modelled_speedup({}, {}, {}, flat, None) is None
+    with pytest.raises(ValueError):
+        modelled_speedup(vanilla, {2: 50}, {1: 50}, flat, None)
+
+
+def test_calibration_is_recorded_and_replayed(tmp_path, word_prompts, monkeypatch):
+    """A fresh run measures token-recycling's tree size itself (never the user cache's) and
+    records it with the cost curves; a replay takes both back, unless the user set the size."""
+    stale = {"tree_size": 3, "forward_costs": {"0": 9.0}}
+    monkeypatch.setattr(CalibrationStore, "get", lambda self, name: stale)
+    target = tiny_model("llama")
+    options = {"token-recycling": {"explore_steps": "2"}}
+    first = write_outputs(bench(target, word_prompts, ["token-recycling"], method_options=options),
+                          tmp_path / "first")
+    tr = first["methods"]["token-recycling"]
+    assert tr["options"]["calibrate"] is True and tr["bench_options"] == {"calibrate": True}
+    assert tr["calibration"]["tree_size"] not in (None, 3)  # 3 is not even a size it tries
+    assert tr["calibration"]["forward_costs"] != stale["forward_costs"]
+    assert first["cost_curves"]["target"]["source"] == "measured"
+    assert first["methods"]["vanilla"]["modelled_speedup"] == 1.0
+
+    recorded = 16 if tr["calibration"]["tree_size"] != 16 else 24  # unlike any fresh choice
+    tr["calibration"]["tree_size"] = recorded
+    first["cost_curves"]["target"]["seconds"] = {"1": 0.001, "96": 0.004}
+    path = tmp_path / "recorded.json"
+    path.write_text(json.dumps(first))
+    again = results_json(bench(target, word_prompts, ["token-recycling"], method_options=options,
+                               calibration_from=path))
+    tr = again["methods"]["token-recycling"]
+    assert tr["options"]["tree_size"] == str(recorded) and tr["calibration"]["tree_size"] == recorded
+    assert tr["bench_options"] == {"tree_size": str(recorded)}
+    assert again["cost_curves"]["target"] == {**first["cost_curves"]["target"],
+                                              "source": "replayed"}
+    sizes = {int(q): n for q, n in tr["forward_sizes"].items()}
+    vanilla = {int(q): n for q, n in again["methods"]["vanilla"]["forward_sizes"].items()}
+    assert tr["modelled_speedup"] == pytest.approx(modelled_speedup(
+        vanilla, sizes, {}, CostCurve({1: 0.001, 96: 0.004}), None))
+    assert again["calibration_replayed_from"]["path"] == str(path)
+    report = markdown_report(again)
+    assert f"tree size {recorded} (replayed)" in report and "replayed from" in report
+
+    mine = plan_methods(["token-recycling"], {"token-recycling": {"tree_size": "4"}}, False,
+                        load_replay(path))[1]
+    assert mine.options["tree_size"] == "4" and mine.bench_options == {"calibrate": True}
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps({**first, "schema_version": 1}))
+    with pytest.raises(InvalidOptionError, match="records no calibration"):
+        load_replay(old)
+
+
+def test_results_round_trip_from_the_saved_dict_and_warn_when_busy(tmp_path, word_prompts,
+                                                                   monkeypatch, caplog):
+    monkeypatch.setattr(system, "load_average", lambda: 64.0)  # 64 other threads runnable
+    with caplog.at_level(logging.WARNING, logger="tokenforge.bench"):
+        result = bench(tiny_model("qwen2"), word_prompts, ["pld", "hf-greedy"], limit=3)
+    assert "machine was busy" in caplog.text
+    data = write_outputs(result, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == data and saved["schema_version"] == SCHEMA_VERSION == 2
+    assert (tmp_path / "report.md").read_text() == markdown_report(saved)
+    load = saved["machine_load"]
+    assert load["busy"] and load["load_before"] == load["load_after"] == 64.0
+    report = markdown_report(saved)
+    assert "Warning: the machine was busy" in report and load["rule"] in report
+    methods = saved["methods"]
+    for m in methods.values():
+        low, high = m["speedup_ci95"]
+        assert low <= high and m["speedup_vs_hf_greedy"] is not None
+    assert methods["vanilla"]["speedup_ci95"] == [1.0, 1.0]
+    assert methods["hf-greedy"]["speedup_vs_hf_greedy_ci95"] == [1.0, 1.0]
+    assert methods["vanilla"]["modelled_speedup"] == 1.0
+    assert methods["hf-greedy"]["modelled_speedup"] is None
+    assert methods["vanilla"]["forward_sizes"] == {"1": methods["vanilla"]["target_forwards"] - 3}
+    assert "| method |" in report and "identical to vanilla" not in report  # all identical
+
+    pld = methods["pld"]  # as a bfloat16 run might be: one prompt parts from vanilla at 5
+    pld["prompts"][0].update(lossless=False, first_divergence=5)
+    pld.update(lossless_rate=2 / 3, median_first_divergence=5)
+    assert "| pld | 2/3 (67%) | 5 |" in markdown_report(saved)
+
+
 # --- outputs and the command --------------------------------------------------------------
 
 def test_cli_writes_results_report_and_plot(tmp_path, word_prompts, capsys, monkeypatch):
@@ -211,10 +400,16 @@ def test_cli_writes_results_report_and_plot(tmp_path, word_prompts, capsys, monk
         assert m["peak_memory_mb"] > 0 and m["tokens_per_s"] > 0
     assert data["methods"]["pld"]["options"]["num_draft"] == 4
     assert data["methods"]["vanilla"]["speedup"] == 1.0
+    for name, m in data["methods"].items():
+        assert m["sampler"] == "greedy" and m["dtype"] == "float64"
+        assert m["backend"] == ("transformers generate()" if name.startswith("hf-")
+                                else "static, activations float64")
+    assert data["methods"]["hf-assisted"]["draft_dtype"] == "float64"
+    assert data["methods"]["pld"]["draft_dtype"] is None
     table = capsys.readouterr().out
-    assert "| method | tokens/s | speedup |" in table
-    speedups = [float(line.split("|")[3].strip().rstrip("x")) for line in table.splitlines()
-                if line.startswith("| ") and "x |" in line]
+    assert "| method | tokens/s | speedup [95% CI] | modelled speedup |" in table
+    speedups = [float(line.split("|")[3].split("x")[0]) for line in table.splitlines()
+                if line.startswith("| ") and "x [" in line]
     assert speedups == sorted(speedups, reverse=True) and len(speedups) == 4
     assert "| method |" in (out / "report.md").read_text()
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

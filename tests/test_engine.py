@@ -150,6 +150,7 @@ def test_stats_split_time_and_count_forwards():
     sps = tokenforge.generate(loaded, prompt, method="sps", max_new_tokens=24,
                               draft=tiny_model("llama", seed=1))
     assert sum(sps.stats.draft_forward_sizes.values()) > 0
+    assert len(prompt) + 1 not in sps.stats.draft_forward_sizes  # the draft's prefill is not
 
 
 # the stopper --------------------------------------------------------------------------------

@@ -63,6 +63,14 @@ def bench(
         help="sampling seed of the first prompt (prompt i gets seed + i)")] = 0,
     method_option: Annotated[list[str] | None, typer.Option(
         "--method-option", "-m", help="method.key=value (repeatable)")] = None,
+    backend: Annotated[str, typer.Option(
+        help="tokenforge methods: auto (the fast path where it applies), static, "
+             "transformers")] = "auto",
+    sampler: Annotated[str, typer.Option(
+        help="tokenforge methods at temperature > 0: gumbel or rejection")] = "gumbel",
+    calibration_from: Annotated[Path | None, typer.Option(
+        help="replay an earlier results.json: its recorded tree sizes (unless set with "
+             "--method-option) and its cost curves")] = None,
     progress: Annotated[bool, typer.Option(help="live progress bar on stderr")] = True,
 ):
     """Benchmark decoding methods against vanilla and the transformers baselines, same prompts."""
@@ -75,7 +83,8 @@ def bench(
         limit=limit, category=category,
         max_new_tokens=max_new_tokens, temperature=temperature, device=device, dtype=dtype,
         repeats=repeats, warmup=warmup, seed=seed,
-        method_options=parse_method_options(method_option))
+        method_options=parse_method_options(method_option), backend=backend, sampler=sampler,
+        calibration_from=calibration_from)
     result = run_bench(config, progress=progress)
     data = write_outputs(result, out, shlex.join(["tokenforge", *sys.argv[1:]]))
     typer.echo(markdown_table(data))

@@ -43,7 +43,8 @@ class GenerationStats:
     target_forwards: int = 0
     acceptance_histogram: dict[int, int] = field(default_factory=dict)  # accepted drafts -> steps
     forward_sizes: dict[int, int] = field(default_factory=dict)  # tokens per forward -> forwards
-    draft_forward_sizes: dict[int, int] = field(default_factory=dict)  # the draft model's
+    draft_forward_sizes: dict[int, int] = field(default_factory=dict)  # the draft's, after its
+    # prefill
     prefill_s: float = 0.0  # the prompt's forward and the first token
     draft_s: float = 0.0
     verify_s: float = 0.0  # target forwards over trees, verification, keeping the path

@@ -46,5 +46,6 @@ class Drafter:
         return {}
 
     def draft_forward_sizes(self) -> dict[int, int]:
-        """Forwards of a draft model in this generation, by tokens per forward (none here)."""
+        """Forwards of a draft model in this generation after its prefill, by tokens per
+        forward (none here)."""
         return {}

@@ -83,11 +83,13 @@ class DraftLM:
         return depth if self.context is None else min(depth, self.context - n_tokens)
 
     def root_logits(self, tokens: list[int]) -> torch.Tensor:
-        """Logits after the last committed token (the tree's root); drops any previous draft."""
+        """Logits after the last committed token (the tree's root); drops any previous draft.
+        The first call of a generation is the draft's prefill (not counted in forward_sizes)."""
         n = min(common_prefix(self.cached, tokens), len(tokens) - 1)
         self.backend.crop(n)
+        prefill = not self.cached
         self.cached, self.slot = list(tokens), {}
-        return self._forward(tokens[n:], last_only=True)[-1]
+        return self._forward(tokens[n:], last_only=True, count=not prefill)[-1]
 
     def append(self, token: int) -> torch.Tensor:
         """Chain step: forward one token after `cached`; returns the logits after it."""
@@ -127,8 +129,10 @@ class DraftLM:
 
     @torch.inference_mode()  # also in the PEARL draft thread (inference mode is per thread)
     def _forward(self, ids: list[int], positions: np.ndarray | None = None,
-                 mask: np.ndarray | None = None, last_only: bool = False) -> torch.Tensor:
-        self.forward_sizes[len(ids)] += 1
+                 mask: np.ndarray | None = None, last_only: bool = False,
+                 count: bool = True) -> torch.Tensor:
+        if count:
+            self.forward_sizes[len(ids)] += 1
         logits = self.backend.forward(ids, positions, mask, last_only=last_only)
         logits = logits[:, : self.vocab_size].float().cpu()
         if logits.shape[1] < self.vocab_size:  # a draft with fewer embedding rows than the target
