@@ -9,9 +9,10 @@
 #      transformers generate, next to the bandwidth floor.
 # Writes to $OUT (default out/gpu): gpu.txt, gpu_bench.log, costs.json, demo-static/ and
 # demo-transformers/ (results.json, report.md, speedup.png), floor.json.
-# Settings (environment): DEVICE=cuda, SHAPES=1.1b,7b, LIMIT=8, NEW_TOKENS=128, PYTHON=python3.
-# CPU dry run (the test suite runs this): DEVICE=cpu SHAPES=tiny LIMIT=1 NEW_TOKENS=8 \
-#     METHODS=vanilla,pld OUT=/tmp/gpu benchmarks/gpu_bench.sh
+# Settings (environment): DEVICE=cuda, SHAPES=1.1b,7b, LIMIT=8, NEW_TOKENS=128, METHODS=all,
+# COST_SIZES=1,2,4,8,16,32,64, PYTHON=python3.
+# CPU dry run (tests/test_gpu_bench.py runs this): DEVICE=cpu SHAPES=tiny LIMIT=1 NEW_TOKENS=8 \
+#     METHODS=vanilla,pld COST_SIZES=1,4 OUT=/tmp/gpu benchmarks/gpu_bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu}"
@@ -21,6 +22,7 @@ SHAPES="${SHAPES:-1.1b,7b}"
 LIMIT="${LIMIT:-8}"
 NEW_TOKENS="${NEW_TOKENS:-128}"
 METHODS="${METHODS:-all}"
+COST_SIZES="${COST_SIZES:-1,2,4,8,16,32,64}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export TOKENFORGE_CACHE_DIR="$OUT/cache"
@@ -40,7 +42,7 @@ print("python", platform.python_version(), "torch", torch.__version__, "cuda", t
     echo "== 1/3 per-forward cost, fast path vs fallback (demo)"
     SECONDS=0
     timeout 120 "$PY" benchmarks/forward_costs.py --model demo --device "$DEVICE" \
-        --dtypes bfloat16,float32 --out "$OUT/costs.json" || { echo "!! costs failed ($?)"; failed=1; }
+        --dtypes bfloat16,float32 --sizes "$COST_SIZES" --out "$OUT/costs.json" || { echo "!! costs failed ($?)"; failed=1; }
     echo "(costs: ${SECONDS}s)"
 
     echo "== 2/3 demo benchmark on each backend"
