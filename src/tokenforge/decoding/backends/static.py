@@ -15,11 +15,13 @@ dropping positions only moves `length`.
 
 CPU: q/k/v and gate/up are fused, and the linear layers run through oneDNN with weights
 prepacked once (the packed copy costs as much memory as the weights; measured 1.3-2x faster
-than `F.linear` on small models). With 16-bit
-weights the activations, the KV cache and the logits stay float32: inputs are cast to the
-weight dtype for each matrix product and the product back to float32 (the weights' precision,
-float32 arithmetic elsewhere). `torch.compile` was measured slower here (6.3 ms against 4.5 ms
-for a demo forward, after 35 s of compilation) and is not used on the CPU.
+than `F.linear` on small models). With 16-bit weights the activations (the residual stream, norms,
+attention) and the KV cache stay float32: inputs are cast to the weight dtype for each matrix
+product and its 16-bit output back to float32 (torch's CPU kernels have no 16-bit x 16-bit ->
+float32 product). The LM head is kept in float32, so logits are float32: with a bfloat16 head
+the demo's greedy output equals float32's on 5 of 10 benchmark prompts, with a float32 head on 9
+of 10, for ~10% of speed (benchmarks/BENCHMARKS.md). `torch.compile` was measured slower here
+(6.3 ms against 4.5 ms for a demo forward, after 35 s of compilation) and is not used on the CPU.
 
 CUDA: each tree-size bucket (q = 1, 2, 4, ..., 128) is captured once as a CUDA graph; a forward
 pads its tokens to the bucket (padded rows write scratch slots past the real ones and attend to
@@ -73,18 +75,23 @@ class Linear:
     dtype and the product back."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, act_dtype: torch.dtype):
-        self.weight, self.bias, self.act_dtype = weight, bias, act_dtype
+        self.dtype, self.bias, self.act_dtype = weight.dtype, bias, act_dtype
         self.packed = _pack(weight, bias)
+        self.weight = weight if self.packed is None else None  # packed: the packed copy only
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.weight.dtype:
-            return self._product(x.to(self.weight.dtype)).to(self.act_dtype)
+        if x.dtype != self.dtype:
+            return self._product(x.to(self.dtype)).to(self.act_dtype)
         return self._product(x)
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+
+def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.float()
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -160,7 +167,10 @@ class StaticBackend(Backend):
         fuse = on_cpu if fuse is None else fuse
         self.layers = [Layer(layer, self.act_dtype, fuse) for layer in inner.layers]
         head = model.lm_head
-        self.head = Linear(head.weight, head.bias, self.act_dtype)
+        if self.act_dtype != weight_dtype:  # 16-bit weights on the CPU: float32 logits
+            self.head = Linear(head.weight.float(), _float(head.bias), self.act_dtype)
+        else:
+            self.head = Linear(head.weight, head.bias, self.act_dtype)
         attn = inner.layers[0].self_attn
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
