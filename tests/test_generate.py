@@ -110,12 +110,27 @@ def test_stop_strings_and_streaming(demo):
     ({"method": "pld", "bogus": 1}, InvalidOptionError, "unknown option"),
     ({"method": "pld", "num_draft": "many"}, InvalidOptionError, "expects an integer"),
     ({"method": "pld", "num_draft": 0}, InvalidOptionError, "positive"),
+    ({"temperature": "0.5"}, InvalidOptionError, "finite number"),
+    ({"temperature": float("nan")}, InvalidOptionError, "finite number"),
+    ({"temperature": float("inf")}, InvalidOptionError, "finite number"),
+    ({"temperature": 1.0, "seed": "x"}, InvalidOptionError, "seed must be an integer"),
+    ({"on_text": 123}, InvalidOptionError, "on_text must be callable"),
+    ({"prompt": b"w3 w4"}, PromptError, "decode bytes first"),
+    ({"prompt": 7}, PromptError, "str or a list of token ids"),
+    ({"model": 3}, InvalidOptionError, "LoadedModel"),
+    ({"logprobs": 50}, InvalidOptionError, "logprobs"),
+    ({"sampler": "beam", "temperature": 1.0}, InvalidOptionError, "sampler"),
+    ({"backend": "fast"}, InvalidOptionError, "unknown backend"),
 ])
 def test_bad_input_gives_clear_errors(kwargs, error, words):
-    loaded = tiny_model("llama")
-    args = {"prompt": "w3 w4 w5", **kwargs}
+    args = {"model": tiny_model("llama"), "prompt": "w3 w4 w5", **kwargs}
     with pytest.raises(error, match=words):
-        tokenforge.generate(loaded, **args)
+        tokenforge.generate(**args)
+
+
+def test_a_model_name_is_loaded_for_you():
+    out = tokenforge.generate("demo-draft", "def f(x):", max_new_tokens=3)
+    assert len(out.token_ids) == 3
 
 
 def test_prompt_longer_than_context():
