@@ -6,6 +6,7 @@ extension, validation errors, auth, the queue cap, client disconnects and /metri
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -151,8 +152,10 @@ def test_stop_and_seeded_sampling(client, model_name):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"max_tokens": 65}, "cap is 64"),
-    ({"n": 2}, "n must be 1"),
+    ({"max_tokens": 0}, "only with echo"),
     ({"temperature": 3.0}, "temperature"),
+    ({"logprobs": 21}, "logprobs"),
+    ({"prompt": [PROMPT, PROMPT], "stream": True}, "stream: true takes one prompt"),
     ({"extra_body": {"tokenforge": {"method": "nope"}}}, "unknown method 'nope'"),
     ({"extra_body": {"tokenforge": {"method": "pld", "options": {"bogus": 1}}}}, "bogus"),
     ({"extra_body": {"max_tokens": "10"}}, "max_tokens"),
@@ -165,10 +168,60 @@ def test_invalid_requests_are_400(client, model_name, kwargs, message):
         client.completions.create(model=model_name, **kwargs)
 
 
-def test_unknown_fields_are_ignored(client, model_name):
+@pytest.mark.parametrize(("field", "value"), [
+    ("n", 2), ("best_of", 3), ("presence_penalty", 0.5), ("frequency_penalty", -1.0),
+    ("logit_bias", {"5": 10}), ("suffix", "w9")])
+def test_unsupported_fields_are_400_unless_neutral(server, field, value):
+    url, _ = server
+    response = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, field: value})
+    error = response.json()["error"]
+    assert response.status_code == 400, error
+    assert error["param"] == field
+    assert f"{field}: not supported by tokenforge" in error["message"]
+    assert "omit it or send null" in error["message"]
+
+
+@pytest.mark.parametrize("body", [
+    {"tools": [{"type": "function", "function": {"name": "f"}}]},
+    {"response_format": {"type": "json_object"}},
+    {"logit_bias": {"5": 1}},
+])
+def test_unsupported_chat_fields_are_400(server, body):
+    url, _ = server
+    body = {"messages": [{"role": "user", "content": "w5"}], **body}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == next(iter(set(body) - {"messages"}))
+
+
+def test_neutral_values_and_metadata_are_accepted(client, model_name):
+    neutral = {"n": 1, "best_of": 1, "presence_penalty": 0, "frequency_penalty": 0.0,
+               "logit_bias": {}, "suffix": None, "user": "someone", "extra_body": {
+                   "metadata": {"team": "a"}, "store": False, "service_tier": "auto"}}
     result = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=2,
-                                       user="someone", extra_body={"not_a_field": [1]})
-    assert result.usage.completion_tokens == 2
+                                       temperature=0, **neutral)
+    plain = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=2,
+                                      temperature=0)
+    assert result.choices[0].token_ids == plain.choices[0].token_ids
+    chat = client.chat.completions.create(
+        model=model_name, messages=[{"role": "user", "content": "w5"}], max_tokens=2, n=1,
+        tools=[], tool_choice="none", response_format={"type": "text"}, user="someone",
+        metadata={"k": "v"}, store=False, parallel_tool_calls=False)
+    assert chat.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"not_a_field": [1]}, "not_a_field"),
+    ({"max_token": 5}, "max_token"),  # a typo of max_tokens
+    ({"tokenforge": {"method": "pld", "option": {}}}, "tokenforge.option"),
+])
+def test_unknown_fields_are_400_naming_them(server, body, field):
+    url, _ = server
+    response = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, **body})
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["param"] == field
+    assert error["message"].startswith(f"unknown field '{field}'")
 
 
 def test_malformed_json_and_unknown_model(server):
@@ -232,24 +285,55 @@ def slow_server():
         yield url
 
 
-def test_disconnect_stops_the_generation_and_frees_the_engine(slow_server):
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def access_log():
+    """The lines of uvicorn's access log (the servers here run with log_level warning)."""
+    logger, handler = logging.getLogger("uvicorn.access"), _Lines()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield handler.lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+COMPLETIONS_499 = 'tokenforge_requests_total{path="/v1/completions",status="499"}'
+COMPLETIONS_200 = 'tokenforge_requests_total{path="/v1/completions",status="200"}'
+
+
+def test_disconnect_stops_the_generation_and_frees_the_engine(slow_server, access_log):
     url = slow_server
+    closed, ok = _metric(url, COMPLETIONS_499), _metric(url, COMPLETIONS_200)
     body = {"prompt": PROMPT, "max_tokens": 400, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{url}/v1/completions", json=body) as response:
+        assert response.status_code == 200  # the headers went out before the client left
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")  # generating; now hang up mid-stream
     _wait_for(lambda: _metric(url, "tokenforge_generations_cancelled_total") == 1)
     _wait_for(lambda: _metric(url, "tokenforge_requests_running") == 0)
+    _wait_for(lambda: _metric(url, COMPLETIONS_499) == closed + 1)
+    assert _metric(url, COMPLETIONS_200) == ok  # counted as 499, not as the 200 it sent
+    assert any(line.endswith('"POST /v1/completions HTTP/1.1" 499') for line in access_log)
     start = time.monotonic()
     quick = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}).json()
     assert quick["usage"]["completion_tokens"] == 2
     assert time.monotonic() - start < 2.0  # 400 tokens would take about 4 s
 
 
-def test_queue_cap_gives_429_and_a_leaving_client_frees_its_slot(slow_server):
+def test_queue_cap_gives_429_and_a_leaving_client_frees_its_slot(slow_server, access_log):
     url = slow_server
     long_body = {"prompt": PROMPT, "max_tokens": 300, "temperature": 0, "stream": True}
     cancelled = _metric(url, "tokenforge_generations_cancelled_total")
+    closed = _metric(url, COMPLETIONS_499)
     with httpx.stream("POST", f"{url}/v1/completions", json=long_body) as running:
         lines = running.iter_lines()  # keep a reference: a collected iterator closes the stream
         assert next(lines).startswith("data: ")
@@ -262,6 +346,9 @@ def test_queue_cap_gives_429_and_a_leaving_client_frees_its_slot(slow_server):
         waiting.join()
         _wait_for(lambda: _metric(url, "tokenforge_queue_depth") == 0)
     _wait_for(lambda: _metric(url, "tokenforge_generations_cancelled_total") == cancelled + 2)
+    _wait_for(lambda: _metric(url, COMPLETIONS_499) == closed + 2)  # the waiting one and the stream
+    assert sum(line.endswith('"POST /v1/completions HTTP/1.1" 499') for line in access_log) == 2
+    assert _metric(url, 'tokenforge_requests_total{path="/v1/completions",status="429"}') == 1
 
 
 def _post_and_give_up(url: str, timeout_s: float) -> None:

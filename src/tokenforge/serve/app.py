@@ -1,8 +1,9 @@
 """The FastAPI app: OpenAI-compatible completions and chat over one engine, plus health and metrics.
 
-Every failure is an OpenAI-style error body: validation and engine errors are 400, a missing or
-wrong key 401, an unknown model 404, a full queue 429; nothing is a 500 (an unexpected exception is
-logged and answered 400 with type `server_error`, which the fuzz test treats as a bug).
+Every failure is an OpenAI-style error body: validation and engine errors are 400 (an unknown
+or unsupported field is named), a missing or wrong key 401, an unknown model 404, a body over
+the size limit 413, a full queue 429; nothing is a 500 (an unexpected exception is logged and
+answered 400 with type `server_error`, which the fuzz test treats as a bug).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ from tokenforge.serve.formats import (
     error_response,
     failure_response,
 )
-from tokenforge.serve.middleware import ApiKeyMiddleware, RequestCounterMiddleware
+from tokenforge.serve.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    RequestCounterMiddleware,
+)
 from tokenforge.serve.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -43,7 +48,7 @@ from tokenforge.serve.worker import QueueFullError
 log = logging.getLogger("tokenforge.serve")
 ERROR_RESPONSES = {code: {"model": ErrorResponse, "description": what} for code, what in (
     (400, "invalid request"), (401, "missing or wrong API key"), (404, "unknown model"),
-    (429, "queue full"))}
+    (413, "request body over the size limit"), (429, "queue full"))}
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
     "type": "string", "description": "one chunk as JSON, or [DONE] after the last one"}}}
 STREAM_RESPONSE = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
@@ -51,17 +56,23 @@ STREAM_RESPONSE = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}
                                         "server-sent events ending with `data: [DONE]`"}}
 
 
-def _validation_message(err: RequestValidationError) -> str:
-    parts = []
+def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
+    """The message of a validation error, and the field it names (OpenAI's `param`)."""
+    parts, fields = [], []
     for item in err.errors()[:5]:
         if item["type"] == "json_invalid":
-            return f"the body is not valid JSON ({item.get('ctx', {}).get('error', 'parse error')})"
+            return (f"the body is not valid JSON "
+                    f"({item.get('ctx', {}).get('error', 'parse error')})"), None
         where = ".".join(str(p) for p in item["loc"] if p != "body")
         if not where:
             return ("the body must be a JSON object (sent with Content-Type: application/json), "
-                    f"got: {item['msg']}")
-        parts.append(f"{where}: {item['msg']}")
-    return "invalid request: " + "; ".join(parts)
+                    f"got: {item['msg']}"), None
+        if item["type"] == "extra_forbidden":
+            return (f"unknown field '{where}': tokenforge does not know it (a typo?); remove it "
+                    "(docs/serve.md lists the fields this server takes)"), where
+        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+        fields.append(where)
+    return "invalid request: " + "; ".join(parts), fields[0]
 
 
 def create_app(loaded: LoadedModel, settings: ServeSettings | None = None,
@@ -83,13 +94,13 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None,
     @app.post("/v1/completions", response_model=Completion,
               responses={**STREAM_RESPONSE, **ERROR_RESPONSES})
     async def completions(body: CompletionRequest, request: Request):
-        return await service.respond(request, body, body.prompt, CompletionFormat(loaded.name))
+        return await service.respond(request, body, body.prompts, CompletionFormat(loaded.name))
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion,
               responses={**STREAM_RESPONSE, **ERROR_RESPONSES})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         prompt = render_chat(loaded.tokenizer, body.messages)
-        return await service.respond(request, body, prompt, ChatFormat(loaded.name))
+        return await service.respond(request, body, [prompt], ChatFormat(loaded.name))
 
     started = int(time.time())
 
@@ -108,6 +119,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None,
         return PlainTextResponse(text, media_type=prom.CONTENT_TYPE)
 
     _document_400_not_422(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     paths = {route.path for route in app.routes}
@@ -135,7 +147,8 @@ def _document_400_not_422(app: FastAPI) -> None:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        return error_response(400, _validation_message(err))
+        message, param = _validation_message(err)
+        return error_response(400, message, param=param)
 
     @app.exception_handler(TokenforgeError)
     async def engine_error(_: Request, err: TokenforgeError) -> JSONResponse:

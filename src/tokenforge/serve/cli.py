@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from tokenforge.cli_common import parse_options
+from tokenforge.serve import MAX_BODY_BYTES
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +29,10 @@ def serve(
     max_tokens_cap: int = typer.Option(512, min=1, help="largest max_tokens a request may ask"),
     max_queue: int = typer.Option(128, min=0,
                                   help="requests that may wait for the engine; more get 429"),
+    max_body_bytes: int = typer.Option(MAX_BODY_BYTES, min=1,
+                                       help="a larger request body gets 413, unread"),
+    max_prompt_tokens: int = typer.Option(None, min=1, show_default=False,
+                                          help="a longer prompt gets 400 (default: the context)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
     trust_remote_code: bool = typer.Option(False, help="run the model repo's own code"),
@@ -43,7 +48,8 @@ def serve(
     draft = load_model(draft_model, device=device, dtype=dtype,
                        trust_remote_code=trust_remote_code) if draft_model else None
     settings = ServeSettings(method=method, options=parse_options(option), api_key=api_key,
-                             max_tokens_cap=max_tokens_cap, max_queue=max_queue)
+                             max_tokens_cap=max_tokens_cap, max_queue=max_queue,
+                             max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens)
     app = create_app(loaded, settings, draft=draft)
     if not api_key and not _is_loopback(host):
         typer.echo(f"warning: serving on {host} without an API key; anyone who can reach this "

@@ -1,8 +1,9 @@
 """Server metrics in the Prometheus text exposition format (no client library needed).
 
-Requests by path and status, prompt/completion tokens and target forwards by method (their ratio is
-the mean accepted tokens per forward), cancelled generations, a request latency histogram, and the
-queue depth and running count sampled when scraped.
+Requests by path and final status (499 when the client went away first), prompt/completion
+tokens and target forwards by method (their ratio is the mean accepted tokens per forward),
+cancelled generations, a request latency histogram, and the queue depth and running count sampled
+when scraped.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class Metrics:
     def render(self, queue_depth: int, running: int) -> str:
         with self._lock:
             lines: list[str] = []
-            _family(lines, "requests_total", "counter", "HTTP requests by path and status code",
+            _family(lines, "requests_total", "counter",
+                    "HTTP requests by path and final status code (499: the client went away)",
                     {f'path="{p}",status="{s}"': n for (p, s), n in sorted(self.requests.items())})
             for name, counter, what in (
                 ("prompt_tokens_total", self.prompt_tokens, "prompt tokens"),

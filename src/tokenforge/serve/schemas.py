@@ -1,19 +1,47 @@
 """Request and response bodies of the OpenAI-compatible API, validated at the edge.
 
-Requests are strict (a string where a number belongs is a 400, never coerced) and ignore fields they
-do not know, so that any OpenAI client works; the `tokenforge` extension is ours and forbids unknown
-keys, so that a typo there is an error rather than silently ignored.
+Requests are strict: a string where a number belongs is a 400, never coerced, and so is a field
+this server does not know (a typo must not be silently ignored). OpenAI fields fall in three
+groups: the ones tokenforge implements; metadata that cannot change the output (`user`,
+`metadata`, ...), accepted and ignored; and features it does not implement (`best_of`,
+`presence_penalty`, `tools`, ...), accepted only with their neutral value (the one that changes
+nothing), else a 400 that names the field. The `tokenforge` extension is ours.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+import json
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+T = TypeVar("T")
 FinishReason = Literal["stop", "length"]
 StopText = Annotated[str, Field(min_length=1)]
 OptionValue = bool | int | float | str
+PromptText = Annotated[str, Field(min_length=1)]
+PromptIds = Annotated[list[int], Field(min_length=1)]
+MAX_PROMPTS = 64  # prompts in one completions request (a batch, as lm-evaluation-harness sends)
+MAX_LOGPROBS = 20  # the most alternatives per token OpenAI allows
+PromptBatch = Annotated[list[T], Field(min_length=1, max_length=MAX_PROMPTS)]
+
+
+def Unsupported(kind: Any, why: str, *neutral: object) -> Any:
+    """An OpenAI field tokenforge does not implement: null or a neutral value (one that changes
+    nothing) is accepted, anything else is a 400 that names the field."""
+    allowed = " or ".join(json.dumps(v) for v in (None, *neutral))
+
+    def neutral_only(value: object) -> object:
+        if value is not None and value not in neutral:
+            raise ValueError(f"not supported by tokenforge ({why}); omit it or send {allowed}")
+        return value
+
+    return Annotated[kind | None, AfterValidator(neutral_only),
+                     Field(description=f"not supported ({why}); accepted only as {allowed}")]
+
+
+Metadata = Annotated[Any, Field(description="metadata: accepted and ignored")]
+PENALTIES = "penalties are not implemented"
 
 
 class TokenforgeExtension(BaseModel):
@@ -36,30 +64,44 @@ class StreamOptions(BaseModel):
 class GenerationFields(BaseModel):
     """The fields that completions and chat completions share. `null` means the default."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
     DEFAULT_MAX_TOKENS: ClassVar[int | None] = None  # None: the server's cap
 
     model: str | None = Field(None, description="the served model's id (see /v1/models)")
-    max_tokens: int | None = Field(None, ge=1, description="new tokens at most, up to the cap")
+    max_tokens: int | None = Field(None, ge=0, description="new tokens at most, up to the cap "
+                                                           "(0 only with echo)")
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy; default 1")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, description="0 = off (an extension, as in vLLM)")
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
-    n: int | None = Field(None, description="only 1 is supported")
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     tokenforge: TokenforgeExtension | None = None
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        if n not in (None, 1):
-            raise ValueError("tokenforge serves one choice per request: n must be 1")
-        return n
+    n: Unsupported(int, "it serves one choice per request", 1) = None
+    presence_penalty: Unsupported(float, PENALTIES, 0) = None
+    frequency_penalty: Unsupported(float, PENALTIES, 0) = None
+    logit_bias: Unsupported(dict[str, float], "logit bias is not implemented", {}) = None
+
+    user: Metadata = None
+    metadata: Metadata = None
+    store: Metadata = None
+    service_tier: Metadata = None
+    prompt_cache_key: Metadata = None
+    safety_identifier: Metadata = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    @property
+    def logprobs_count(self) -> int | None:
+        """How many alternatives to report per token; None: no logprobs."""
+        return None
+
+    @property
+    def echoes(self) -> bool:
+        return False
 
     @property
     def wants_usage_chunk(self) -> bool:
@@ -69,8 +111,29 @@ class GenerationFields(BaseModel):
 class CompletionRequest(GenerationFields):
     DEFAULT_MAX_TOKENS: ClassVar[int | None] = 16  # OpenAI's default for completions
 
-    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[int], Field(min_length=1)] = Field(
-        description="the prompt text, or its token ids")
+    prompt: PromptText | PromptIds | PromptBatch[PromptText] | PromptBatch[PromptIds] = Field(
+        description="the prompt text or its token ids; or a list of them (one choice each)")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                 description="log-probabilities of the tokens, with this many "
+                                             "most likely alternatives each")
+    echo: bool | None = Field(None, description="the prompt comes first in text and logprobs")
+    best_of: Unsupported(int, "it draws one sample per request", 1) = None
+    suffix: Unsupported(str, "insertion is not implemented") = None
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts as a list: one choice each."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
+
+    @property
+    def logprobs_count(self) -> int | None:
+        return self.logprobs
+
+    @property
+    def echoes(self) -> bool:
+        return bool(self.echo)
 
 
 class ContentPart(BaseModel):
@@ -93,12 +156,45 @@ class ChatMessage(BaseModel):
         return {"role": self.role, "content": content or ""}
 
 
+TOOLS = "tools and function calling are not implemented"
+
+
 class ChatCompletionRequest(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="newer name of max_tokens")
+    logprobs: bool | None = Field(None, description="log-probabilities of the new tokens")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                     description="most likely alternatives per token "
+                                                 "(needs logprobs: true)")
+    tools: Unsupported(list, TOOLS, []) = None
+    tool_choice: Unsupported(str | dict, TOOLS, "none", "auto") = None
+    parallel_tool_calls: bool | None = Field(None, description="accepted and ignored: it changes "
+                                                               "nothing without tools")
+    functions: Unsupported(list, TOOLS, []) = None
+    function_call: Unsupported(str | dict, TOOLS, "none", "auto") = None
+    response_format: Unsupported(dict, "structured output is not implemented",
+                                 {"type": "text"}) = None
+    modalities: Unsupported(list[str], "text is the only modality", ["text"]) = None
+    audio: Unsupported(dict, "text is the only modality") = None
+    prediction: Unsupported(dict, "predicted outputs are not implemented") = None
+    reasoning_effort: Unsupported(str, "this is not a reasoning model") = None
+    verbosity: Unsupported(str, "verbosity is not implemented") = None
+    web_search_options: Unsupported(dict, "web search is not implemented") = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, top: int | None, info) -> int | None:
+        if top is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return top
 
     def requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        return self.max_completion_tokens if self.max_completion_tokens is not None else (
+            self.max_tokens)
+
+    @property
+    def logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class Usage(BaseModel):
@@ -108,10 +204,20 @@ class Usage(BaseModel):
     mean_accepted_tokens: float = Field(description="new tokens per target forward (1.0 = plain)")
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completions logprobs: one entry per token in each list."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None] = Field(description="null for the prompt's first token")
+    top_logprobs: list[dict[str, float] | None] = Field(
+        description="the most likely tokens at each position, and the chosen one")
+    text_offset: list[int] = Field(description="where each token begins in `text`")
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
     token_ids: list[int] | None = Field(None, description="all new token ids (final choice only)")
 
@@ -132,10 +238,24 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] = Field(description="the token's bytes (UTF-8 text, or a piece of a character)")
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason
     token_ids: list[int]
 
@@ -157,7 +277,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None = None
     token_ids: list[int] | None = None
 

@@ -4,7 +4,9 @@ A request becomes a `Job`; the worker sends its events (`Started`, `Delta`, then
 `Failed` or `Cancelled`) back to the job's asyncio loop with `call_soon_threadsafe`, into that
 job's own queue, so two requests' tokens can never mix. Cancelling a waiting job removes it from
 the queue; cancelling the running one makes the engine stop before its next step
-(`should_stop`), which ends the generation and frees the engine.
+(`should_stop`), which ends the generation and frees the engine. The worker thread is the only
+one that touches the tokenizer: it encodes prompts, checks their length, and renders tokens and
+log-probabilities for the response (`TokenRenderer`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from tokenforge.decoding.api import Generation, encode_prompt, generate, make_drafter
+from tokenforge.decoding.api import encode_prompt, generate, make_drafter
 from tokenforge.decoding.registry import get_method
-from tokenforge.errors import TokenforgeError
+from tokenforge.errors import PromptError, TokenforgeError
 from tokenforge.models.load import LoadedModel
+from tokenforge.serve.formats import Result, TokenRenderer
 from tokenforge.serve.metrics import Metrics
 
 log = logging.getLogger("tokenforge.serve")
@@ -41,11 +44,15 @@ class GenerationRequest:
     top_p: float
     seed: int | None
     stop: list[str] | None
+    logprobs: int | None = None  # alternatives per token; None: no logprobs
+    echo: bool = False  # the response starts with the prompt (and its logprobs)
 
 
 @dataclass
 class Started:
-    """The prompt was accepted and generation began."""
+    """The prompt was accepted and generation began; with echo, the prompt's text."""
+
+    prompt_text: str = ""
 
 
 @dataclass
@@ -55,7 +62,7 @@ class Delta:
 
 @dataclass
 class Finished:
-    generation: Generation
+    result: Result
 
 
 @dataclass
@@ -118,9 +125,11 @@ class Worker:
     """Owns the model: the only thread that ever runs it."""
 
     def __init__(self, loaded: LoadedModel, draft: LoadedModel | None, max_queue: int,
-                 metrics: Metrics):
+                 metrics: Metrics, max_prompt_tokens: int | None = None):
         self.loaded, self.draft, self.max_queue, self.metrics = loaded, draft, max_queue, metrics
+        self.max_prompt_tokens = max_prompt_tokens
         self._drafters = DrafterCache(loaded, draft)
+        self._renderer = TokenRenderer(loaded.tokenizer)
         self._waiting: deque[Job] = deque()
         self._running: Job | None = None
         self._closed = False
@@ -199,13 +208,17 @@ class Worker:
             return
         try:
             prompt_ids = encode_prompt(self.loaded, request.prompt)
+            check_prompt_length(len(prompt_ids), self.max_prompt_tokens)
             drafter = self._drafters.get(request.method, request.options)
-            job.post(Started())
+            prompt_text = self._prompt_text(request) if request.echo else ""
+            job.post(Started(prompt_text))
             generation = generate(
                 self.loaded, prompt_ids, method=request.method, draft=self.draft, drafter=drafter,
                 max_new_tokens=request.max_new_tokens, temperature=request.temperature,
                 top_k=request.top_k, top_p=request.top_p, seed=request.seed, stop=request.stop,
-                on_text=lambda text: job.post(Delta(text)), should_stop=job.cancelled.is_set)
+                on_text=lambda text: job.post(Delta(text)), should_stop=job.cancelled.is_set,
+                logprobs=request.logprobs, echo=request.echo)
+            result = self._renderer.result(generation, prompt_ids, prompt_text)
         except Exception as err:  # reported to the client; the worker lives on
             if not isinstance(err, TokenforgeError):
                 log.exception("generation failed")
@@ -216,4 +229,16 @@ class Worker:
             job.post(Cancelled())
             return
         self.metrics.record_generation(request.method, generation.stats)
-        job.post(Finished(generation))
+        job.post(Finished(result))
+
+    def _prompt_text(self, request: GenerationRequest) -> str:
+        if isinstance(request.prompt, str):
+            return request.prompt
+        return self.loaded.tokenizer.decode(request.prompt, skip_special_tokens=True)
+
+
+def check_prompt_length(tokens: int, limit: int | None) -> None:
+    """Raise PromptError when a prompt of `tokens` tokens is over the server's limit."""
+    if limit is not None and tokens > limit:
+        raise PromptError(f"the prompt has {tokens} tokens but this server accepts at most "
+                          f"{limit} (max_prompt_tokens); shorten the prompt")
