@@ -2,11 +2,11 @@
 
 Supported: Llama, Qwen2, Qwen3, Mistral and Gemma checkpoints whose rotary embedding does not
 depend on the sequence length and whose attention has no active sliding window (see
-`unsupported_reason`). The forward reuses the model's own embedding, norms, activation and
-weights; the attention (q/k/v projections fused into one matrix, rotary embedding, a write into
-the preallocated cache, scaled-dot-product attention over the cached slice) and the MLP are
-written out, about 40 lines in all. Logits match transformers' to float
-rounding (tested on every supported family).
+`unsupported_reason`). The forward reuses the model's own embedding, activation and weights;
+RMSNorm runs as one `F.rms_norm`, and the attention (the rotary embedding, a write into the
+preallocated cache, scaled-dot-product attention over the cached slice) and the MLP are written
+out, about 40 lines in all. Logits match transformers' to float rounding (tested on every
+supported family).
 
 Cache: per layer a (1, kv_heads, capacity, head_dim) buffer for keys and one for values,
 allocated for the generation's capacity (prompt + new tokens + the largest tree) and reused by the
@@ -52,6 +52,12 @@ def unsupported_reason(model) -> str | None:
     inner = getattr(model, "model", None)
     if not all(hasattr(inner, name) for name in ("layers", "norm", "embed_tokens", "rotary_emb")):
         return "an unexpected module layout"
+    norms = [inner.norm] + [m for layer in inner.layers
+                            for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+    odd = [type(m).__name__ for m in norms
+           if not (hasattr(m, "variance_epsilon") or type(m).__name__ == "GemmaRMSNorm")]
+    if odd:
+        return f"norm layers of an unexpected kind ({odd[0]})"
     if len({p.device for p in model.parameters()}) > 1:
         return "weights spread over several devices"
     for module in model.modules():
@@ -113,6 +119,23 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | Non
     return packed
 
 
+class RMSNorm:
+    """The Llama family's RMSNorm in one `F.rms_norm` call (a few small ops fewer per layer), with
+    transformers' rounding: normalised in float32, then scaled by the weight (Llama) or by
+    1 + weight in float32 (Gemma)."""
+
+    def __init__(self, module, act_dtype: torch.dtype):
+        self.gemma = type(module).__name__ == "GemmaRMSNorm"
+        self.eps = module.eps if self.gemma else module.variance_epsilon
+        self.weight = module.weight.float() + 1 if self.gemma else module.weight.to(act_dtype)
+        self.shape = tuple(module.weight.shape)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemma:
+            return F.rms_norm(x.float(), self.shape, self.weight, self.eps).type_as(x)
+        return self.weight * F.rms_norm(x.float(), self.shape, None, self.eps).to(x.dtype)
+
+
 class Projection:
     """Linear layers applied to the same input, outputs concatenated. On the CPU they are fused
     into one (packed) matrix: one product, and one extra copy of the weights; elsewhere they stay
@@ -141,13 +164,16 @@ class Layer:
         self.o = Linear(attn.o_proj.weight, attn.o_proj.bias, act_dtype)
         self.q_size = attn.q_proj.out_features
         self.kv_size = attn.k_proj.out_features
-        self.q_norm = getattr(attn, "q_norm", None)
-        self.k_norm = getattr(attn, "k_norm", None)
+        self.q_norm = self.k_norm = None
+        if getattr(attn, "q_norm", None) is not None:  # Qwen3: per-head norms before the rotary
+            self.q_norm, self.k_norm = RMSNorm(attn.q_norm, act_dtype), RMSNorm(attn.k_norm,
+                                                                                 act_dtype)
         self.gate_up = Projection([mlp.gate_proj, mlp.up_proj], act_dtype, fuse)
         self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, act_dtype)
         self.intermediate = mlp.gate_proj.out_features
         self.act = mlp.act_fn
-        self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
+        self.norm1 = RMSNorm(layer.input_layernorm, act_dtype)
+        self.norm2 = RMSNorm(layer.post_attention_layernorm, act_dtype)
 
 
 class StaticBackend(Backend):
@@ -163,7 +189,8 @@ class StaticBackend(Backend):
         self.act_dtype = torch.float32 if on_cpu and weight_dtype in (torch.bfloat16,
                                                                       torch.float16) else weight_dtype
         inner = model.model
-        self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
+        self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
+        self.norm = RMSNorm(inner.norm, self.act_dtype)
         fuse = on_cpu if fuse is None else fuse
         self.layers = [Layer(layer, self.act_dtype, fuse) for layer in inner.layers]
         head = model.lm_head
