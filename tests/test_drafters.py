@@ -95,11 +95,28 @@ def test_auto_tree_size_measures_costs_then_chooses(tmp_path, monkeypatch):
     # a new drafter (or process) starts from the stored calibration: no measuring, no exploring
     again = make_drafter(loaded, "token-recycling", explore_steps=5)
     tokenforge.generate(loaded, prompts(1, seed=7)[0], max_new_tokens=4, drafter=again)
-    assert again.chosen_size == drafter.chosen_size and again.explored == 0
+    assert again.chosen_size == drafter.chosen_size and again.explored == drafter.explored
     assert again.costs.seconds == costs
     fresh = make_drafter(loaded, "token-recycling", explore_steps=5, calibrate=True)
     tokenforge.generate(loaded, prompts(1, seed=7)[0], max_new_tokens=4, drafter=fresh)
     assert fresh.chosen_size is None and fresh.costs.seconds != costs  # measured again
+
+
+def test_a_short_exploration_is_carried_on_by_the_next_process(tmp_path, monkeypatch):
+    """Generations shorter than the exploration store it when they finish; a new drafter (as in
+    a new process) carries it on from there instead of measuring and exploring again."""
+    monkeypatch.setenv("TOKENFORGE_CACHE_DIR", str(tmp_path))
+    loaded = tiny_model("llama", seed=6)
+    prompt = prompts(2, seed=6)[1]
+    explored = []
+    for _ in range(12):
+        drafter = make_drafter(loaded, "token-recycling", explore_steps=6)
+        tokenforge.generate(loaded, prompt, max_new_tokens=6, drafter=drafter)
+        explored.append(drafter.explored)
+        if drafter.chosen_size is not None:
+            break
+    assert explored == sorted(explored) and explored[0] < 6 <= explored[-1]
+    assert drafter.chosen_size is not None and len(explored) > 1
 
 
 def test_token_recycling_rejects_bad_options():

@@ -201,7 +201,8 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
                 scorer.add(logits[-1:], first)
             done = stopper.finished
         stats.prefill_s = time.perf_counter() - start
-        if drafter is not None and not done:
+        drafting = drafter is not None and not done
+        if drafting:
             t = time.perf_counter()
             drafter.set_sampling(sampler)
             drafter.begin(list(prompt_ids), target)
@@ -222,6 +223,11 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
             done = stopper.finished
             if step_hook and not done:
                 step_hook(target, prompt_ids + stopper.tokens)
+
+        if drafting:
+            t = time.perf_counter()
+            drafter.finish()
+            stats.draft_s += time.perf_counter() - t
 
     stopper.close()
     stats.new_tokens = len(stopper.tokens)

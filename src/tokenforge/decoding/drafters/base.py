@@ -1,9 +1,9 @@
 """The one small interface every drafter fills in (cf. transformers' CandidateGenerator).
 
 Per generation: `set_sampling(sampler)`, then `begin(prompt_ids, target)`; per step:
-`propose()` -> one target forward -> `feedback()`. A drafter whose method changes how drafting
-and verification overlap names its `schedule` (see schedules/base.py); every other drafter runs
-`Sequential`.
+`propose()` -> one target forward -> `feedback()`; then `finish()`. A drafter whose method
+changes how drafting and verification overlap names its `schedule` (see schedules/base.py);
+every other drafter runs `Sequential`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class Drafter:
 
     def feedback(self, tree: TokenTree, logits: torch.Tensor, result: VerifyResult) -> None:
         """`logits` are the target's at [root] + tree nodes, before the cache kept the path."""
+
+    def finish(self) -> None:
+        """The generation ended (also when it was cancelled or stopped early)."""
 
     def calibration(self) -> dict:
         """What the drafter measured and chose about this machine (recorded by the benchmark)."""

@@ -19,9 +19,10 @@ forward cost for each prefix size of the template (when the first generation beg
 the drafter's first `explore_steps` steps runs the full template while recording how many tokens
 each prefix would have accepted (exact with a deterministic sampler: the accepted path of a
 prefix tree is the full tree's path cut where it leaves the prefix). It then keeps the size with
-the most expected tokens per second. Both the cost curve and the chosen size are stored per
-(model, device, dtype, backend) in the user cache (decoding/costs.py), so a new process starts
-with them; `calibrate=True` measures and explores again. `tree_size=N` fixes the size.
+the most expected tokens per second. The cost curve, the exploration so far and the chosen size
+are stored per (model, device, dtype, backend) in the user cache (decoding/costs.py), so a new
+process starts where the last one stopped (short one-off generations finish the exploration
+over several runs); `calibrate=True` measures and explores again. `tree_size=N` fixes the size.
 
 State (the matrix, the cost curve, the exploration counts) lives in the drafter object: the
 benchmark and the server keep one drafter per method, so it carries over between generations.
@@ -146,19 +147,30 @@ class TokenRecycling(Drafter):
         self.matrix[:] = loaded
 
     def begin(self, prompt_ids: list[int], target: Backend) -> None:
-        """The first time: the stored calibration, or the cost of each template prefix measured
-        now (after the prompt's prefill, so that it lands in this generation's start)."""
-        if self.fixed_size is not None or self.chosen_size is not None or self.costs is not None:
+        """The first time: the stored calibration (a chosen size, or the cost curve and the
+        exploration so far), else the cost of each template prefix measured now (after the
+        prompt's prefill, so that it lands in this generation's start) and stored at once."""
+        if self.fixed_size is not None or self.costs is not None:
             return
         self.store = CalibrationStore(target)
         stored = None if self.calibrate else self.store.get(self._store_name())
         if stored is not None:
             self.costs = CostCurve.from_dict(stored["forward_costs"])
             self.chosen_size = stored["tree_size"]
+            self.explored = stored.get("explored", 0)
+            self.accepted_by_size = {int(n): c for n, c in
+                                     stored.get("accepted_by_size", {}).items()}
             return
         masks = {n + 1: TokenTree([0] * n, self.parents[:n]).block_mask() for n in self.sizes}
         curve = measure_forward_costs(target, [n + 1 for n in self.sizes], masks)
         self.costs = CostCurve({n: curve.seconds[n + 1] for n in self.sizes})
+        self.store.put(self._store_name(), self.calibration())
+
+    def finish(self) -> None:
+        """Store an unfinished exploration, so that short generations in new processes carry
+        it on instead of starting again."""
+        if self.fixed_size is None and self.chosen_size is None and self.store is not None:
+            self.store.put(self._store_name(), self.calibration())
 
     @property
     def tree_size(self) -> int:
@@ -171,9 +183,12 @@ class TokenRecycling(Drafter):
         return len(self.template) if self.chosen_size is None else self.chosen_size
 
     def calibration(self) -> dict:
-        """What tree_size=auto measured and chose (for results files and the user cache)."""
+        """What tree_size=auto measured, explored and chose (for results files and the user
+        cache)."""
         return {"tree_size": self.fixed_size if self.fixed_size is not None else self.chosen_size,
-                "forward_costs": self.costs.as_dict() if self.costs else None}
+                "forward_costs": self.costs.as_dict() if self.costs else None,
+                "explored": self.explored,
+                "accepted_by_size": {str(n): c for n, c in sorted(self.accepted_by_size.items())}}
 
     def _store_name(self) -> str:
         return f"token-recycling/{self.template_name}/k{self.k}/explore{self.explore_steps}"
