@@ -223,6 +223,8 @@ def test_echo_scores_the_prompt():
     assert [t.logprob for t in out.prompt_logprobs[1:]] == pytest.approx(want, abs=1e-6)
     with pytest.raises(InvalidOptionError, match="max_new_tokens"):
         tokenforge.generate(loaded, prompt, max_new_tokens=0)
+    single = tokenforge.generate(loaded, [5], max_new_tokens=1, echo=True, logprobs=1)
+    assert [t.logprob for t in single.prompt_logprobs] == [None] and len(single.logprobs) == 1
 
 
 SEEDED = """

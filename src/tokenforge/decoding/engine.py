@@ -234,7 +234,7 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
     stats.finish_reason = stopper.reason or "length"
     stats.acceptance_histogram = dict(sorted(hist.items()))
     stats.forward_sizes = dict(sorted(session.forward_sizes.items()))
-    if drafter is not None:
+    if drafting:
         stats.draft_forward_sizes = dict(sorted(drafter.draft_forward_sizes().items()))
     stats.total_s = time.perf_counter() - start
     stats.other_s = max(0.0, stats.total_s - stats.prefill_s - stats.draft_s - stats.verify_s)
@@ -271,4 +271,6 @@ class Logprobs:
     def prompt(self, prompt_ids: list[int], logits: torch.Tensor) -> list[TokenLogprob]:
         """Row i of the prefill's logits chose prompt token i + 1; the first token has none."""
         first = TokenLogprob(prompt_ids[0], None, [])
+        if len(prompt_ids) == 1:
+            return [first]
         return [first] + self.score(logits[:-1], prompt_ids[1:])
