@@ -30,7 +30,7 @@ from tokenforge.models.load import LoadedModel
 # right after each one; linear interpolation between these sizes follows the steps.
 COST_SIZES = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 96)
 PREFIX_TOKENS = 256
-COST_REPEATS = 7  # timings per size, the median kept
+COST_REPEATS = 10  # timings per size (in rounds over the sizes), the median kept
 
 
 @dataclass

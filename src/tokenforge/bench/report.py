@@ -335,7 +335,9 @@ def markdown_report(data: dict) -> str:
         "own size, each step's catch-up over new tokens included) priced on the draft's curve; "
         "the prefills (the target's and the draft model's) left out. It counts model forwards "
         "only, one after another (drafting outside a forward, verification, Python overhead and "
-        "pearl's overlap are not modelled), and does not move with the machine's load: a gap "
+        "pearl's overlap are not modelled), and does not move with the machine's load during the "
+        "run; it moves only with the cost curves, measured in a few seconds at the start (replay "
+        "curves measured on an idle machine with --calibration-from to compare runs). A gap "
         "between it and the measured speedup is overhead or noise, not the algorithm. "
         + BASELINE_MODEL_NOTE,
         "- New tokens are counted the same way for every method: the ids it returned, cut at and "

@@ -55,26 +55,28 @@ class CostCurve:
 def measure_forward_costs(backend: Backend, sizes: list[int], masks: dict | None = None,
                           repeats: int = 5) -> CostCurve:
     """Median seconds of a forward of q tokens after the backend's cached tokens, for each q in
-    `sizes` (`masks[q]`: a (q, q) tree block mask to use instead of the causal one)."""
+    `sizes` (`masks[q]`: a (q, q) tree block mask to use instead of the causal one). The sizes
+    are timed in rounds (each round times every size once), so that a passing slowdown of the
+    machine lands on all sizes alike rather than bending the curve; the first round warms up."""
     masks = masks or {}
     gen = torch.Generator().manual_seed(0)
     base = backend.length
-    seconds = {}
+    work = {}
+    for q in sizes:
+        mask = masks.get(q)
+        work[q] = (torch.randint(0, backend.vocab_size, (q,), generator=gen).tolist(), mask,
+                   None if mask is None else base + _depths(mask))
+    times: dict[int, list[float]] = {q: [] for q in sizes}
     with torch.inference_mode():
-        for q in sizes:
-            tokens = torch.randint(0, backend.vocab_size, (q,), generator=gen).tolist()
-            mask = masks.get(q)
-            positions = None if mask is None else base + _depths(mask)
-            times = []
-            for _ in range(repeats + 1):
+        for _ in range(repeats + 1):
+            for q, (tokens, mask, positions) in work.items():
                 _synchronize(backend.device)
                 start = time.perf_counter()
                 backend.forward(tokens, positions=positions, mask=mask)
                 _synchronize(backend.device)
-                times.append(time.perf_counter() - start)
+                times[q].append(time.perf_counter() - start)
                 backend.crop(base)
-            seconds[q] = statistics.median(times[1:])
-    return CostCurve(seconds)
+    return CostCurve({q: statistics.median(t[1:]) for q, t in times.items()})
 
 
 def _depths(mask: np.ndarray) -> np.ndarray:
