@@ -2,6 +2,8 @@
 
 One cached forward of q tokens after a prefix of `--prefix` tokens, for each q, on each backend
 and dtype: the median of `--repeats` timings (tokenforge.decoding.costs.measure_forward_costs).
+`static, unpacked` is the fast path without oneDNN's packed weights (plain `F.linear`): what the
+packed copy of the weights buys on a CPU.
 For q > 1 the tokens form a causal chain (a tree of the same size costs the same: the mask is
 explicit either way). Both backends are measured interleaved, size by size, so that a change of
 load on a shared machine hits both.
@@ -20,16 +22,19 @@ import torch
 
 from tokenforge.bench.system import device_name
 from tokenforge.decoding.backends import new_backend
+from tokenforge.decoding.backends.static import StaticBackend
 from tokenforge.decoding.costs import measure_forward_costs
 from tokenforge.models.load import load_model
 
-BACKENDS = ("static", "transformers")
+BACKENDS = ("static", "static, unpacked", "transformers")
 
 
 def measure(model, sizes: list[int], prefix: int, repeats: int, rounds: int = 3
             ) -> dict[str, dict[int, float]]:
     """Seconds by backend and q: the median over `rounds` interleaved rounds of medians."""
-    backends = {kind: new_backend(model, kind) for kind in BACKENDS}
+    backends = {"static": new_backend(model, "static"),
+                "static, unpacked": StaticBackend(model, pack=False),
+                "transformers": new_backend(model, "transformers")}
     prompt = torch.randint(0, model.get_input_embeddings().num_embeddings, (prefix,),
                            generator=torch.Generator().manual_seed(0)).tolist()
     samples: dict[str, dict[int, list[float]]] = {k: {q: [] for q in sizes} for k in BACKENDS}
@@ -70,8 +75,8 @@ def main() -> None:
         print("| q | " + " | ".join(BACKENDS) + " | fallback ÷ fast path |")
         print("| ---: |" + " ---: |" * (len(BACKENDS) + 1))
         for q in sizes:
-            fast, slow = seconds["static"][q], seconds["transformers"][q]
-            print(f"| {q} | {fast * 1e3:.2f} | {slow * 1e3:.2f} | {slow / fast:.2f}x |")
+            ms = " | ".join(f"{seconds[kind][q] * 1e3:.2f}" for kind in BACKENDS)
+            print(f"| {q} | {ms} | {seconds['transformers'][q] / seconds['static'][q]:.2f}x |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(record, f, indent=2)

@@ -128,11 +128,13 @@ def test_float32_packed_weights_match_transformers():
     backend = StaticBackend(loaded.model)
     if torch.backends.mkldnn.is_available():
         assert "oneDNN packed weights" in backend.describe()
-    ids = prompts(2, seed=1)[1]
+    ids = (prompts(2, seed=1)[1] * 20)[:300]  # a prefill in slices of 128 rows, the last padded
     with torch.inference_mode():
-        backend.begin(64)
-        out = backend.forward(ids)
-    torch.testing.assert_close(out, full_logits(loaded.model, ids), rtol=1e-4, atol=1e-4)
+        backend.begin(320)
+        out = backend.forward(ids[:295])
+        five = backend.forward(ids[295:])  # 5 rows, padded to a bucket of 6
+    torch.testing.assert_close(out, full_logits(loaded.model, ids[:295]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(five, full_logits(loaded.model, ids)[295:], rtol=1e-4, atol=1e-4)
     for prompt in prompts(8, seed=2):
         fast = tokenforge.generate(loaded, prompt, max_new_tokens=20)
         slow = tokenforge.generate(loaded, prompt, max_new_tokens=20, backend="transformers")

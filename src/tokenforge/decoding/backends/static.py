@@ -31,6 +31,8 @@ Activations are in the weights' dtype there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,7 +41,8 @@ from tokenforge.decoding.backends.base import Backend, full_mask, positions_of
 
 SUPPORTED_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma")
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)  # CUDA graphs: one captured forward per bucket
+ROW_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # rows of a oneDNN product
 CAPACITY_STEP = 256
 
 
@@ -75,14 +78,26 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Products:
+    """How the matrix products run: activations' dtype, q/k/v and gate/up fused into one matrix,
+    weights packed for oneDNN (CPU)."""
+
+    act_dtype: torch.dtype
+    fuse: bool
+    pack: bool
+
+
 class Linear:
     """y = x W^T + b. On the CPU the weight is prepacked for oneDNN when that gives the same
     result as `F.linear`; with 16-bit weights and float32 activations, x is cast to the weight
-    dtype and the product back."""
+    dtype and the product back. oneDNN keeps state (~0.1-1 MB) for every row count it sees, so
+    rows are padded to one of ROW_BUCKETS (and a prefill runs in slices of the largest): without
+    that, the trees' varying sizes and every new prompt length grew a process by hundreds of MB."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, act_dtype: torch.dtype):
-        self.dtype, self.bias, self.act_dtype = weight.dtype, bias, act_dtype
-        self.packed = _pack(weight, bias)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, products: Products):
+        self.dtype, self.bias, self.act_dtype = weight.dtype, bias, products.act_dtype
+        self.packed = _pack(weight, bias) if products.pack else None
         self.weight = weight if self.packed is None else None  # packed: the packed copy only
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +106,17 @@ class Linear:
         return self._product(x)
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        rows = x.shape[-2]
+        if rows > ROW_BUCKETS[-1]:  # a prefill: in slices of the largest bucket
+            return torch.cat([self._product(part) for part in x.split(ROW_BUCKETS[-1], dim=-2)],
+                             dim=-2)
+        bucket = next(b for b in ROW_BUCKETS if b >= rows)
+        if bucket > rows:
+            x = torch.cat([x, x.new_zeros(*x.shape[:-2], bucket - rows, x.shape[-1])], dim=-2)
+        out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return out[..., :rows, :]
 
 
 def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -141,15 +164,15 @@ class Projection:
     into one (packed) matrix: one product, and one extra copy of the weights; elsewhere they stay
     apart and share the model's weights (no copy; CUDA graphs make the extra launches free)."""
 
-    def __init__(self, linears: list[torch.nn.Linear], act_dtype: torch.dtype, fuse: bool):
-        if fuse:
+    def __init__(self, linears: list[torch.nn.Linear], products: Products):
+        if products.fuse:
             bias = None
             if linears[0].bias is not None:
                 bias = torch.cat([linear.bias for linear in linears])
             self.parts = [Linear(torch.cat([linear.weight for linear in linears]), bias,
-                                 act_dtype)]
+                                 products)]
         else:
-            self.parts = [Linear(linear.weight, linear.bias, act_dtype) for linear in linears]
+            self.parts = [Linear(linear.weight, linear.bias, products) for linear in linears]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.parts) == 1:
@@ -158,18 +181,19 @@ class Projection:
 
 
 class Layer:
-    def __init__(self, layer, act_dtype: torch.dtype, fuse: bool):
+    def __init__(self, layer, products: Products):
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj], act_dtype, fuse)
-        self.o = Linear(attn.o_proj.weight, attn.o_proj.bias, act_dtype)
+        act_dtype = products.act_dtype
+        self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj], products)
+        self.o = Linear(attn.o_proj.weight, attn.o_proj.bias, products)
         self.q_size = attn.q_proj.out_features
         self.kv_size = attn.k_proj.out_features
         self.q_norm = self.k_norm = None
         if getattr(attn, "q_norm", None) is not None:  # Qwen3: per-head norms before the rotary
             self.q_norm, self.k_norm = RMSNorm(attn.q_norm, act_dtype), RMSNorm(attn.k_norm,
                                                                                  act_dtype)
-        self.gate_up = Projection([mlp.gate_proj, mlp.up_proj], act_dtype, fuse)
-        self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, act_dtype)
+        self.gate_up = Projection([mlp.gate_proj, mlp.up_proj], products)
+        self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, products)
         self.intermediate = mlp.gate_proj.out_features
         self.act = mlp.act_fn
         self.norm1 = RMSNorm(layer.input_layernorm, act_dtype)
@@ -179,9 +203,11 @@ class Layer:
 class StaticBackend(Backend):
     name = "static"
 
-    def __init__(self, model, graphs: bool | None = None, fuse: bool | None = None):
+    def __init__(self, model, graphs: bool | None = None, fuse: bool | None = None,
+                 pack: bool = True):
         """`graphs` (default: on CUDA) pads each forward to a bucket and, on CUDA, replays a
-        captured graph; `fuse` (default: on the CPU) fuses q/k/v and gate/up into one matrix."""
+        captured graph; `fuse` (default: on the CPU) fuses q/k/v and gate/up into one matrix;
+        `pack` packs the weights for oneDNN where that is available (the CPU)."""
         super().__init__(model)
         config = model.config
         weight_dtype = model.get_input_embeddings().weight.dtype
@@ -191,13 +217,13 @@ class StaticBackend(Backend):
         inner = model.model
         self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
         self.norm = RMSNorm(inner.norm, self.act_dtype)
-        fuse = on_cpu if fuse is None else fuse
-        self.layers = [Layer(layer, self.act_dtype, fuse) for layer in inner.layers]
+        products = Products(self.act_dtype, on_cpu if fuse is None else fuse, pack)
+        self.layers = [Layer(layer, products) for layer in inner.layers]
         head = model.lm_head
         if self.act_dtype != weight_dtype:  # 16-bit weights on the CPU: float32 logits
-            self.head = Linear(head.weight.float(), _float(head.bias), self.act_dtype)
+            self.head = Linear(head.weight.float(), _float(head.bias), products)
         else:
-            self.head = Linear(head.weight, head.bias, self.act_dtype)
+            self.head = Linear(head.weight, head.bias, products)
         attn = inner.layers[0].self_attn
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
