@@ -28,8 +28,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import tokenforge
-from tokenforge.bench.system import device_name, timed
-from tokenforge.models.load import DTYPES
+from tokenforge.bench.system import timed
+from tokenforge.models.load import DTYPES, device_name
 
 SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "tiny": (64, 172, 2, 4, 2, 1000),  # for a CPU dry run of this script

@@ -20,11 +20,10 @@ import statistics
 
 import torch
 
-from tokenforge.bench.system import device_name
 from tokenforge.decoding.backends import new_backend
 from tokenforge.decoding.backends.static import StaticBackend
 from tokenforge.decoding.costs import measure_forward_costs
-from tokenforge.models.load import load_model
+from tokenforge.models.load import device_name, load_model
 
 BACKENDS = ("static", "static, unpacked", "transformers")
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from tokenforge.models.load import device_name
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -38,17 +40,6 @@ BUSY_RULE = (
     "busy, so the process waited for a core during more than a fifth of the timed part. The "
     "1-minute load average lags (a short run mostly reflects the minute before it) and, inside "
     "a container, counts the host's processes.")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        if found:
-            return found.group(1).strip()
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from tokenforge.decoding.backends import Backend
+from tokenforge.models.load import device_name
 
 
 @dataclass
@@ -104,7 +105,7 @@ class CalibrationStore:
     def __init__(self, backend: Backend):
         model = backend.model
         config = json.dumps(model.config.to_dict(), sort_keys=True, default=str)
-        identity = "|".join([type(model).__name__, config, _device_name(backend.device),
+        identity = "|".join([type(model).__name__, config, device_name(backend.device),
                              str(model.get_input_embeddings().weight.dtype), backend.describe()])
         self.key = hashlib.sha256(identity.encode()).hexdigest()[:20]
         folder = cache_dir()
@@ -135,9 +136,3 @@ class CalibrationStore:
             return {}
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from tokenforge.bench.system import device_name
-
-    return device_name(device)

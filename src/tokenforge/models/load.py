@@ -7,6 +7,7 @@ of them; the decoding loop is the same either way.
 
 from __future__ import annotations
 
+import platform
 import re
 import socket
 import threading
@@ -56,6 +57,18 @@ class LoadedModel:
             if isinstance(value, int) and value > 0:
                 return value
         return None
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        if found:
+            return found.group(1).strip()
+    return platform.processor() or platform.machine()
 
 
 def resolve_device(device: str) -> str:
