@@ -2,9 +2,10 @@
 
 For the first `--prompts` stdlib-heldout prompts, `--new-tokens` greedy tokens: the float32
 reference (tokenforge vanilla, float32), then plain decoding in bfloat16 on tokenforge's fast path
-(16-bit weights, float32 activations and LM head on the CPU), on tokenforge's fallback and with
-transformers' `generate` (both all-bfloat16). Prints how many outputs equal the reference and
-where each first differs.
+(16-bit weights, float32 activations and LM head on the CPU), on the same fast path with its LM
+head in bfloat16 (the policy not taken), on tokenforge's fallback and with transformers'
+`generate` (both all-bfloat16). Prints how many outputs equal the reference and where each first
+differs.
 
     python benchmarks/precision.py --prompts 10 --new-tokens 128
 """
@@ -17,6 +18,7 @@ import torch
 
 import tokenforge
 from tokenforge.bench.datasets import encode, load_dataset
+from tokenforge.decoding.backends.static import Linear, StaticBackend
 
 
 def first_divergence(ids: list[int], reference: list[int]) -> int | None:
@@ -42,12 +44,19 @@ def main() -> None:
     torch.set_num_threads(1)
     f32 = tokenforge.load_model("demo", device="cpu", dtype="float32")
     bf16 = tokenforge.load_model("demo", device="cpu", dtype="bfloat16")
+    bf16_head = tokenforge.load_model("demo", device="cpu", dtype="bfloat16")
+    backend = StaticBackend(bf16_head.model)
+    head = bf16_head.model.lm_head
+    backend.head = Linear(head.weight, head.bias, backend.head.products)
+    bf16_head.backends[("static", "target")] = backend
     prompts = [encode(f32, p) for p in load_dataset("stdlib-heldout").prompts[: args.prompts]]
     reference = [tokenforge.generate(f32, p, max_new_tokens=args.new_tokens).token_ids
                  for p in prompts]
     runs = {
         "tokenforge bfloat16, fast path": lambda p: tokenforge.generate(
             bf16, p, max_new_tokens=args.new_tokens).token_ids,
+        "tokenforge bfloat16, fast path, bfloat16 LM head": lambda p: tokenforge.generate(
+            bf16_head, p, max_new_tokens=args.new_tokens, backend="static").token_ids,
         "tokenforge bfloat16, fallback": lambda p: tokenforge.generate(
             bf16, p, max_new_tokens=args.new_tokens, backend="transformers").token_ids,
         "transformers generate, bfloat16": lambda p: hf_generate(bf16, p, args.new_tokens),

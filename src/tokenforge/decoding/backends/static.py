@@ -20,8 +20,9 @@ attention) and the KV cache stay float32: inputs are cast to the weight dtype fo
 product and its 16-bit output back to float32 (torch's CPU kernels have no 16-bit x 16-bit ->
 float32 product). The LM head is kept in float32, so logits are float32: with a bfloat16 head
 the demo's greedy output equals float32's on 5 of 10 benchmark prompts, with a float32 head on 9
-of 10, for ~10% of speed (benchmarks/BENCHMARKS.md). `torch.compile` was measured slower here
-(6.3 ms against 4.5 ms for a demo forward, after 35 s of compilation) and is not used on the CPU.
+of 10 (benchmarks/precision.py). `torch.compile` does not pay here: transformers' StaticCache
+compiled stays 20-40% behind this eager forward on the demo and takes seconds to compile
+(benchmarks/hf_static_cache.py), so the CPU runs eagerly.
 
 CUDA: each tree-size bucket (q = 1, 2, 4, ..., 128) is captured once as a CUDA graph; a forward
 pads its tokens to the bucket (padded rows write scratch slots past the real ones and attend to
@@ -96,7 +97,8 @@ class Linear:
     that, the trees' varying sizes and every new prompt length grew a process by hundreds of MB."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, products: Products):
-        self.dtype, self.bias, self.act_dtype = weight.dtype, bias, products.act_dtype
+        self.dtype, self.bias, self.products = weight.dtype, bias, products
+        self.act_dtype = products.act_dtype
         self.packed = _pack(weight, bias) if products.pack else None
         self.weight = weight if self.packed is None else None  # packed: the packed copy only
 
