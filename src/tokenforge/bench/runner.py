@@ -426,11 +426,10 @@ def interleave(decoders: list[DecodeFn], prompts: list[Selected], config: BenchC
 def prompt_result(selected: Selected, runs: list[tuple[Decoded, float]],
                   eos: set[int]) -> PromptResult:
     first, _ = runs[0]
-    draft_sizes = first.draft_forward_sizes
     return PromptResult(selected.prompt.id, len(selected.ids), count_tokens(first.ids, eos),
                         first.target_forwards, statistics.median(s for _, s in runs),
                         time_split=first.time_split, forward_sizes=first.forward_sizes,
-                        draft_forward_sizes=draft_sizes)
+                        draft_forward_sizes=first.draft_forward_sizes)
 
 
 def memory_pass(decoders: list[DecodeFn], selected: Selected, seed: int | None,

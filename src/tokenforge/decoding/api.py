@@ -9,7 +9,7 @@ from tokenforge.decoding.backends import get_backend
 from tokenforge.decoding.drafters.base import Drafter
 from tokenforge.decoding.engine import Generation
 from tokenforge.decoding.registry import get_method
-from tokenforge.decoding.sampling import SamplingParams
+from tokenforge.decoding.sampling import SamplingParams, is_integer
 from tokenforge.errors import InvalidOptionError, PromptError
 from tokenforge.models.load import LoadedModel, load_model
 
@@ -19,7 +19,7 @@ def encode_prompt(loaded: LoadedModel, prompt: str | list[int]) -> list[int]:
         if not prompt:
             raise PromptError("the prompt is empty: give at least one character of text")
         ids = loaded.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
-    elif isinstance(prompt, (list, tuple)) and all(_is_int(t) for t in prompt):
+    elif isinstance(prompt, (list, tuple)) and all(is_integer(t) for t in prompt):
         ids = [int(t) for t in prompt]
     else:
         raise PromptError(f"the prompt must be a str or a list of token ids (int), got "
@@ -36,10 +36,6 @@ def encode_prompt(loaded: LoadedModel, prompt: str | list[int]) -> list[int]:
         raise PromptError(f"the prompt has {len(ids)} tokens but the model's context is {context}; "
                           f"shorten the prompt to fewer than {context} tokens")
     return ids
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def generate(model: LoadedModel | str, prompt: str | list[int], method: str = "vanilla",
@@ -65,11 +61,11 @@ def generate(model: LoadedModel | str, prompt: str | list[int], method: str = "v
     model = _loaded(model, "model")
     draft = _loaded(draft, "draft") if draft is not None else None
     minimum = 0 if echo else 1
-    if not _is_int(max_new_tokens) or max_new_tokens < minimum:
+    if not is_integer(max_new_tokens) or max_new_tokens < minimum:
         raise InvalidOptionError(f"max_new_tokens must be an integer >= {minimum}, got "
                                  f"{max_new_tokens!r}" + (" (0 only with echo=True)" if not echo
                                                           else ""))
-    if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= 20):
+    if logprobs is not None and (not is_integer(logprobs) or not 0 <= logprobs <= 20):
         raise InvalidOptionError(f"logprobs must be an integer in [0, 20], got {logprobs!r}")
     if on_text is not None and not callable(on_text):
         raise InvalidOptionError(f"on_text must be callable, got {type(on_text).__name__}")

@@ -47,11 +47,11 @@ class SamplingParams:
                 or self.temperature < 0):
             raise InvalidOptionError(f"temperature must be a finite number >= 0 (0 = greedy), "
                                      f"got {self.temperature!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_integer(self.top_k) or self.top_k < 0:
             raise InvalidOptionError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise InvalidOptionError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_integer(self.seed):
             raise InvalidOptionError(f"seed must be an integer or None, got {self.seed!r}")
         if self.sampler not in SAMPLERS:
             raise InvalidOptionError(f"sampler must be one of {', '.join(SAMPLERS)}, "
@@ -106,7 +106,8 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_int(value) -> bool:
+def is_integer(value) -> bool:
+    """An int that is not a bool (True is an int to Python, not to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -31,7 +31,7 @@ the draft's random draws use their own generator, seeded from the generation see
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -172,12 +172,9 @@ class DraftModelDrafter(Drafter):
         super().set_sampling(sampler)
         self.gen = None
         if sampler.kind == "rejection":
-            self.gen = torch.Generator()
             seed = sampler.params.seed
-            if seed is None:
-                self.gen.seed()
-            else:
-                self.gen.manual_seed((seed + DRAFT_SEED_OFFSET) & ((1 << 64) - 1))
+            offset = None if seed is None else seed + DRAFT_SEED_OFFSET
+            self.gen = replace(sampler.params, seed=offset).generator()
 
     def begin(self, prompt_ids: list[int], target: Backend) -> None:
         self.lm.reset(len(prompt_ids))
