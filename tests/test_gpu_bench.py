@@ -21,7 +21,7 @@ def test_gpu_bench_script_runs_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     costs = json.loads((tmp_path / "costs.json").read_text())
     assert set(costs["results"]) == {"bfloat16", "float32"}
-    assert set(costs["results"]["float32"]) == {"static", "transformers"}
+    assert set(costs["results"]["float32"]) == {"static", "static, unpacked", "transformers"}
     for backend in ("static", "transformers"):
         data = json.loads((tmp_path / f"demo-{backend}" / "results.json").read_text())
         assert data["methods"]["pld"]["lossless_rate"] == 1.0

@@ -35,9 +35,9 @@ def chat_model():
 
 def slow_model(delay_s: float = 0.01):
     """A tiny model whose every forward sleeps, so that a generation lasts long enough to cancel
-    (the hook sits on the final norm, which every backend's forward runs once)."""
+    (the hook sits on the input embedding, which every backend's forward calls once)."""
     loaded = tiny_model("llama", seed=1)
-    loaded.model.model.norm.register_forward_pre_hook(lambda *_: time.sleep(delay_s))
+    loaded.model.get_input_embeddings().register_forward_pre_hook(lambda *_: time.sleep(delay_s))
     return loaded
 
 
