@@ -23,3 +23,7 @@ class UnsupportedModelError(TokenforgeError):
 
 class DatasetError(TokenforgeError):
     """A benchmark dataset is missing or malformed."""
+
+
+class GuideError(TokenforgeError, ValueError):
+    """A guide (grammar, schema, regex, monitor) is not valid; the message quotes the reason."""
