@@ -64,8 +64,9 @@ def processed(logits: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
-def exact_distribution(loaded) -> dict[tuple[int, ...], float]:
-    """P(outcome) over the first LENGTH tokens; an outcome ending at EOS is padded with -1."""
+def exact_distribution(loaded, allowed=None) -> dict[tuple[int, ...], float]:
+    """P(outcome) over the first LENGTH tokens; an outcome ending at EOS is padded with -1.
+    `allowed(prefix)`: a guide's bool mask after `prefix` (the logits outside it are -inf)."""
     prefixes = list(itertools.product(range(VOCAB), repeat=LENGTH - 1))
     with torch.no_grad():
         logits = loaded.model(input_ids=torch.tensor([PROMPT + list(x) for x in prefixes])).logits
@@ -80,7 +81,9 @@ def exact_distribution(loaded) -> dict[tuple[int, ...], float]:
         if len(prefix) == LENGTH or (prefix and prefix[-1] == EOS):
             out[prefix + (-1,) * (LENGTH - len(prefix))] = prob
             return
-        p = processed(table[prefix])
+        logits = table[prefix] if allowed is None else np.where(allowed(prefix), table[prefix],
+                                                                  -np.inf)
+        p = processed(logits)
         for token in np.flatnonzero(p):
             walk(prefix + (int(token),), prob * p[token])
 
@@ -139,14 +142,16 @@ class Recorder:
         monkeypatch.setattr(engine.Session, "verify", recording)
 
 
-def sample(target, drafts, method_name: str, sampler: str, n: int = N) -> list[tuple]:
+def sample(target, drafts, method_name: str, sampler: str, n: int = N, guide=None
+           ) -> list[tuple]:
     method = next(m for m in METHODS if m.name == method_name)
     drafters = ([make_drafter(target, method.name, d) for d in drafts] if method.needs_draft
                 else [make_drafter(target, method.name)])
     out = []
     for seed in range(n):
         ids = generate(target, PROMPT, drafter=drafters[seed % len(drafters)],
-                       max_new_tokens=LENGTH, seed=seed, sampler=sampler, **SAMPLING).token_ids
+                       max_new_tokens=LENGTH, seed=seed, sampler=sampler, guide=guide,
+                       **SAMPLING).token_ids
         out.append(tuple(ids) + (-1,) * (LENGTH - len(ids)))
     return out
 
@@ -211,7 +216,7 @@ def test_seeded_samples_are_the_same_for_every_method(models, sampler):
 
 # power: realistic broken verifiers are rejected by the same statistic ----------------------
 
-def broken_no_zeroing(tree, logits, sampler):
+def broken_no_zeroing(tree, logits, sampler, masks=None):
     """Rejection sampling that forgets to zero p(x) after a deterministic draft is rejected."""
     params, gen = sampler.params, sampler.gen
     path, node = [], -1
@@ -249,6 +254,6 @@ def test_power_against_gumbel_noise_keyed_by_tree_depth(models, monkeypatch):
     noise of the step before, so consecutive tokens are coupled."""
     target, drafts, exact = models
     original = verify.verify
-    monkeypatch.setattr(engine, "verify", lambda tree, logits, sampler, first_index: original(
-        tree, logits, sampler, 0))
+    monkeypatch.setattr(engine, "verify", lambda tree, logits, sampler, first_index, masks: original(
+        tree, logits, sampler, 0, masks))
     assert rejected(sample(target, drafts, "pld", "gumbel"), exact)

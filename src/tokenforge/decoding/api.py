@@ -11,6 +11,7 @@ from tokenforge.decoding.engine import Generation
 from tokenforge.decoding.registry import get_method
 from tokenforge.decoding.sampling import SamplingParams, is_integer
 from tokenforge.errors import InvalidOptionError, PromptError
+from tokenforge.guides import Guide, GuideSpec, make_guide
 from tokenforge.models.load import LoadedModel, load_model
 
 
@@ -44,7 +45,7 @@ def generate(model: LoadedModel | str, prompt: str | list[int], method: str = "v
              on_text: Callable[[str], None] | None = None, draft: LoadedModel | str | None = None,
              drafter: Drafter | None = None, should_stop: Callable[[], bool] | None = None,
              logprobs: int | None = None, echo: bool = False, sampler: str = "gumbel",
-             backend: str = "auto", **options) -> Generation:
+             backend: str = "auto", guide: Guide | GuideSpec | None = None, **options) -> Generation:
     """Decode `prompt` with `method`; greedy unless `temperature` > 0.
 
     `model` and `draft` are LoadedModels or specs for `load_model` ("demo", a directory, a hub
@@ -56,7 +57,8 @@ def generate(model: LoadedModel | str, prompt: str | list[int], method: str = "v
     (`Generation.logprobs`); `echo=True` adds the prompt's (`Generation.prompt_logprobs`), and
     then `max_new_tokens` may be 0. `sampler` ("gumbel" or "rejection") chooses how sampling
     works when temperature > 0 (see decoding/sampling.py); `backend` ("auto", "static",
-    "transformers") how the target's forwards run.
+    "transformers") how the target's forwards run. `guide` (a Guide, or a GuideSpec built with
+    `make_guide`) constrains the new tokens; then finish_reason "guide" says it allowed none.
     """
     model = _loaded(model, "model")
     draft = _loaded(draft, "draft") if draft is not None else None
@@ -82,11 +84,16 @@ def generate(model: LoadedModel | str, prompt: str | list[int], method: str = "v
         drafter = make_drafter(model, method, draft, **options)
     elif options:
         raise InvalidOptionError("pass options to make_drafter when you pass a drafter")
+    if isinstance(guide, GuideSpec):
+        guide = make_guide(model, guide)
+    if guide is not None and not isinstance(guide, Guide):
+        raise InvalidOptionError(f"guide must be a tokenforge Guide or GuideSpec, got "
+                                 f"{type(guide).__name__}")
     prompt_ids = encode_prompt(model, prompt)
     return engine.run(get_backend(model, backend), model.tokenizer, prompt_ids, drafter,
                       sampling, max_new_tokens, model.context_length, list(stop or []) or None,
                       on_text, should_stop=should_stop, logprobs=logprobs, echo=echo,
-                      method=method)
+                      method=method, guide=guide)
 
 
 def _loaded(model, role: str) -> LoadedModel:

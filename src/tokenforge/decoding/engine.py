@@ -10,7 +10,8 @@
 
 How a step is arranged is the drafter's schedule (schedules/base.py: `Sequential`, or PEARL's
 concurrent rounds); everything else lives here once: the backend and its cache, the sampler,
-the stopper, stats, logprobs and the step hook. The newest committed token is always the next
+the guide (decoding/guided.py: cuts refused nodes, masks the rows verification reads, forces
+tokens), the stopper, stats, logprobs and the step hook. The newest committed token is always the next
 tree's root, so plain decoding (no drafter) is one forward per token and scores exactly 1.0 mean
 accepted tokens; the prefill counts as a forward. A backend whose attention ignores custom masks
 verifies the tree's first chain, which stays lossless.
@@ -27,11 +28,13 @@ import torch
 
 from tokenforge.decoding.backends import Backend
 from tokenforge.decoding.drafters.base import Drafter
+from tokenforge.decoding.guided import GuideRunner, apply_mask
 from tokenforge.decoding.sampling import Sampler, SamplingParams
 from tokenforge.decoding.schedules.base import SEQUENTIAL, Schedule
 from tokenforge.decoding.stopper import Stopper
 from tokenforge.decoding.tree import TokenTree
 from tokenforge.decoding.verify import VerifyResult, verify
+from tokenforge.guides.base import Guide
 
 TREE_HEADROOM = 128  # cache slots beyond prompt + budget that a tree forward may use
 
@@ -54,7 +57,9 @@ class GenerationStats:
     concurrent: bool = False
     backend: str = ""
     sampler: str = ""
-    finish_reason: str = "length"  # length | eos | stop | context | cancelled
+    finish_reason: str = "length"  # length | eos | stop | context | cancelled | guide
+    guide: dict | None = None  # guided generations: the guide's counts and guide_s, its time
+    # (part of prefill_s, draft_s and verify_s)
 
     @property
     def mean_accepted_tokens(self) -> float:
@@ -106,19 +111,43 @@ class Session:
     place whatever the schedule."""
 
     def __init__(self, target: Backend, drafter: Drafter | None, sampler: Sampler,
-                 stats: GenerationStats):
+                 stats: GenerationStats, guide: GuideRunner | None = None):
         self.target, self.drafter, self.sampler, self.stats = target, drafter, sampler, stats
+        self.guide = guide
         self.forward_sizes: Counter[int] = Counter()
+        self.forced = False  # the last proposed tree was the guide's forced chain
 
     def propose(self, tokens: list[int], max_depth: int) -> TokenTree:
-        if self.drafter is None or max_depth <= 0:
+        """The tree to verify after `tokens` (committed, then any drafted ahead): the guide's
+        forced tokens when it has some, else the drafter's tree less what the guide refuses."""
+        self.forced = False
+        if max_depth <= 0 or (self.drafter is None and self.guide is None):
             return TokenTree()
         start = time.perf_counter()
-        tree = self.drafter.propose(tokens, max_depth).truncate(max_depth)
-        if not self.target.supports_tree:
-            tree = tree.first_chain()
+        ahead = tokens[len(tokens) - self.guide.pending(tokens):] if self.guide else []
+        forced = self.guide.forced(ahead, max_depth) if self.guide else []
+        if forced:
+            self.forced = True
+            tree = TokenTree.chain(forced, self._one_hot(forced))
+        elif self.drafter is None:
+            tree = TokenTree()
+        else:
+            tree = self.drafter.propose(tokens, max_depth).truncate(max_depth)
+            if not self.target.supports_tree:
+                tree = tree.first_chain()
+            if self.guide:
+                tree = self.guide.prune(tree, ahead)
         self.stats.draft_s += time.perf_counter() - start
         return tree
+
+    def _one_hot(self, tokens: list[int]) -> torch.Tensor | None:
+        """Draft rows of a forced chain for the rejection sampler: q is the forced token (its
+        guided p is 1, so it is accepted), then no draft after the last one."""
+        if self.sampler.deterministic:
+            return None
+        q = torch.zeros(len(tokens) + 1, self.target.vocab_size)
+        q[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
+        return q
 
     def forward(self, root: int, tree: TokenTree) -> torch.Tensor:
         """One target forward over [root] + tree, appended after the cached tokens."""
@@ -137,7 +166,8 @@ class Session:
     def verify(self, tree: TokenTree, logits: torch.Tensor, first_index: int) -> VerifyResult:
         """`first_index`: the sequence index of the token the root's row chooses."""
         start = time.perf_counter()
-        result = verify(tree, logits, self.sampler, first_index)
+        masks = self.guide.masks(tree) if self.guide else None
+        result = verify(tree, logits, self.sampler, first_index, masks)
         self.stats.verify_s += time.perf_counter() - start
         return result
 
@@ -148,7 +178,8 @@ class Session:
         self.stats.verify_s += time.perf_counter() - start
 
     def feedback(self, tree: TokenTree, logits: torch.Tensor, result: VerifyResult) -> None:
-        if self.drafter is not None:
+        """The drafter learns from its own trees (not from the guide's forced chains)."""
+        if self.drafter is not None and not self.forced:
             start = time.perf_counter()
             self.drafter.feedback(tree, logits, result)
             self.stats.draft_s += time.perf_counter() - start
@@ -168,12 +199,14 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
         stop: list[str] | None = None, on_text: Callable[[str], None] | None = None,
         step_hook: Callable[[Backend, list[int]], None] | None = None,
         should_stop: Callable[[], bool] | None = None, logprobs: int | None = None,
-        echo: bool = False, method: str = "vanilla") -> Generation:
+        echo: bool = False, method: str = "vanilla", guide: Guide | None = None) -> Generation:
     """Generate from `prompt_ids` (validated by api.generate). `step_hook(backend, committed)`
     runs after every commit that does not finish the generation (the tests check the KV
     invariant with it); `should_stop()` is asked before every step (True ends the generation,
     finish_reason "cancelled"). `logprobs=N` reports each new token's log-probability and the
-    top N; `echo` also the prompt's (then max_new_tokens may be 0: the prompt is only scored)."""
+    top N; `echo` also the prompt's (then max_new_tokens may be 0: the prompt is only scored).
+    `guide` constrains the new tokens (guides/base.py); guided, every method gives exactly guided
+    plain decoding's ids (greedy) or distribution (sampling)."""
     start = time.perf_counter()
     schedule: Schedule = drafter.schedule if drafter is not None else SEQUENTIAL
     sampler = Sampler(sampling, target.vocab_size, target.device)
@@ -181,7 +214,8 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
                             sampler=sampler.kind, concurrent=schedule.concurrent)
     stopper = Stopper(tokenizer, eos_token_ids(target.model, tokenizer), max_new_tokens,
                       stop or [], on_text)
-    session = Session(target, drafter, sampler, stats)
+    runner = GuideRunner(guide, target.vocab_size) if guide is not None else None
+    session = Session(target, drafter, sampler, stats, runner)
     scorer = Logprobs(sampling, logprobs) if logprobs is not None or echo else None
     hist: Counter[int] = Counter()
     limit = context or 1 << 62
@@ -194,9 +228,16 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
         if echo:
             prompt_scores = scorer.prompt(prompt_ids, logits)
         done = max_new_tokens == 0
+        if not done and runner is not None:
+            runner.begin(prompt_ids)
+            if not apply_mask(logits[-1], runner.masks(TokenTree())(0)):
+                stopper.reason = "guide"
+                done = True
         if not done:
             first = sampler.choose(logits[-1:], [len(prompt_ids)])
             stopper.add(first)
+            if runner is not None:
+                runner.advance(first)
             if scorer is not None:
                 scorer.add(logits[-1:], first)
             done = stopper.finished
@@ -217,6 +258,10 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
             commit = schedule.step(session, prompt_ids + stopper.tokens, room)
             hist[commit.accepted] += 1
             kept = stopper.add(commit.tokens)
+            if runner is not None:
+                runner.advance(commit.tokens[:kept])
+                if commit.dead_end and not stopper.finished:
+                    stopper.reason = "guide"
             if scorer is not None:
                 scorer.add(commit.logits[commit.rows[:kept]], commit.tokens[:kept])
             sampler.forget_before(len(prompt_ids) + len(stopper.tokens))
@@ -228,6 +273,9 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
             t = time.perf_counter()
             drafter.finish()
             stats.draft_s += time.perf_counter() - t
+        if runner is not None:
+            runner.end()
+            stats.guide = runner.stats()
 
     stopper.close()
     stats.new_tokens = len(stopper.tokens)

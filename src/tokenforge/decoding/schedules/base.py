@@ -27,12 +27,14 @@ if TYPE_CHECKING:
 @dataclass
 class Commit:
     """What one step commits: `tokens`, chosen from rows `rows` of `logits` (the target's logits
-    of this step's forward), after `accepted` accepted draft tokens."""
+    of this step's forward), after `accepted` accepted draft tokens. `dead_end`: the guide allows
+    nothing after `tokens` (the generation ends, finish_reason "guide")."""
 
     tokens: list[int]
     logits: torch.Tensor
     rows: list[int]
     accepted: int
+    dead_end: bool = False
 
 
 class Schedule:
@@ -53,7 +55,7 @@ class Sequential(Schedule):
         result = session.verify(tree, logits, len(tokens))
         session.keep(len(tokens) - 1, result.path)
         session.feedback(tree, logits, result)
-        return Commit(result.tokens, logits, result.rows, len(result.path))
+        return Commit(result.tokens, logits, result.rows, len(result.path), result.dead_end)
 
 
 SEQUENTIAL = Sequential()

@@ -61,26 +61,28 @@ CALIBRATE_EVERY = 8  # every 8th parallel round runs its parts in turn to measur
 
 def verify_round(pending: list[int], pending_q: list[torch.Tensor], drafted: TokenTree,
                  logits: torch.Tensor, verify: Callable[[TokenTree, torch.Tensor, int], VerifyResult],
-                 first_index: int) -> tuple[VerifyResult, list[int], list[int], list[torch.Tensor]]:
+                 first_index: int
+                 ) -> tuple[VerifyResult, list[int], list[int], list[torch.Tensor], torch.Tensor]:
     """Verify D + [E0], E0 against the target's row after D (the bonus row), with `verify`
-    (Session.verify). Returns the result, the tokens to commit, and the next D with the q rows
-    its tokens were drawn from."""
+    (Session.verify). Returns the result, the tokens to commit, the next D with the q rows its
+    tokens were drawn from, and the logits rows verified (a guide masks them in place)."""
     stochastic = drafted.draft_probs is not None or bool(pending_q)
     if not drafted.tokens:
         probs = torch.stack(pending_q + [torch.zeros(logits.shape[-1])]) if pending_q else None
         result = verify(TokenTree.chain(pending, probs), logits, first_index)
-        return result, result.tokens, [], []
+        return result, result.tokens, [], [], logits
     probs = None
     if stochastic:
         q0 = drafted.draft_probs[0]
         probs = torch.stack(pending_q + [q0, torch.zeros_like(q0)])
     chain = TokenTree.chain(pending + drafted.tokens[:1], probs)
     # E0 has no row of its own: the last row is repeated and the bonus chosen from it is dropped
-    result = verify(chain, torch.cat([logits, logits[-1:]]), first_index)
-    if len(result.path) < len(chain):
-        return result, result.tokens, [], []
+    rows = torch.cat([logits, logits[-1:]])
+    result = verify(chain, rows, first_index)
+    if result.dead_end or len(result.path) < len(chain):
+        return result, result.tokens, [], [], rows
     rest_q = list(drafted.draft_probs[1:-1]) if stochastic else []
-    return result, result.tokens[:-1], drafted.tokens[1:], rest_q
+    return result, result.tokens[:-1], drafted.tokens[1:], rest_q, rows
 
 
 def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
@@ -128,10 +130,10 @@ class PearlSchedule(Schedule):
         logits, drafted, hidden = self._round(target, draft if depth > 0 else None, depth)
         session.stats.draft_hidden_s += hidden
         verified = len(pending)
-        result, new, self.pending, self.pending_q = verify_round(
+        result, new, self.pending, self.pending_q, rows = verify_round(
             pending, self.pending_q, drafted, logits, session.verify, len(tokens))
         session.keep(prefix_len, [i for i in result.path if i < verified])
-        return Commit(new, logits, result.rows[: len(new)], len(result.path))
+        return Commit(new, rows, result.rows[: len(new)], len(result.path), result.dead_end)
 
     def _round(self, target: Callable[[], torch.Tensor], draft: Callable[[], TokenTree] | None,
                depth: int) -> tuple[torch.Tensor, TokenTree, float]:
