@@ -183,7 +183,7 @@ def test_unsupported_fields_are_400_unless_neutral(server, field, value):
 
 @pytest.mark.parametrize("body", [
     {"tools": [{"type": "function", "function": {"name": "f"}}]},
-    {"response_format": {"type": "json_object"}},
+    {"modalities": ["text", "audio"]},
     {"logit_bias": {"5": 1}},
 ])
 def test_unsupported_chat_fields_are_400(server, body):

@@ -150,8 +150,12 @@ def sse(body: BaseModel) -> str:
 
 
 def finish_reason(generation: Generation) -> FinishReason:
-    """The engine's eos/stop/length/context in OpenAI's two words."""
-    return "stop" if generation.stats.finish_reason in ("eos", "stop") else "length"
+    """The engine's eos/stop/length/context in OpenAI's two words; "guide" (the guide allowed
+    no token next) as it is, a tokenforge extension."""
+    reason = generation.stats.finish_reason
+    if reason == "guide":
+        return "guide"
+    return "stop" if reason in ("eos", "stop") else "length"
 
 
 def usage(results: list[Result]) -> Usage:

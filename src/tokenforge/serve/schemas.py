@@ -5,7 +5,9 @@ this server does not know (a typo must not be silently ignored). OpenAI fields f
 groups: the ones tokenforge implements; metadata that cannot change the output (`user`,
 `metadata`, ...), accepted and ignored; and features it does not implement (`best_of`,
 `presence_penalty`, `tools`, ...), accepted only with their neutral value (the one that changes
-nothing), else a 400 that names the field. The `tokenforge` extension is ours.
+nothing), else a 400 that names the field. The `tokenforge` extension is ours: the decoding
+method, and guides (`guided_regex`, ...) beside OpenAI's `response_format`; `guide_spec()` turns
+both into the request's GuideSpec.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tokenforge.errors import GuideError
+from tokenforge.guides import MONITORS, GuideSpec
 
 T = TypeVar("T")
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "guide"]  # "guide": a tokenforge extension
 StopText = Annotated[str, Field(min_length=1)]
 OptionValue = bool | int | float | str
 PromptText = Annotated[str, Field(min_length=1)]
@@ -45,7 +50,8 @@ PENALTIES = "penalties are not implemented"
 
 
 class TokenforgeExtension(BaseModel):
-    """`{"tokenforge": {"method": "pld", "options": {"num_draft": 8}}}` in the request body."""
+    """`{"tokenforge": {"method": "pld", "options": {"num_draft": 8}}}` in the request body, and
+    the guides, named as vLLM names its guided-decoding fields where it has one."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -53,6 +59,57 @@ class TokenforgeExtension(BaseModel):
                                                  "default: the server's --method")
     options: dict[str, OptionValue] = Field(default_factory=dict,
                                             description="the method's own options")
+    guided_json: dict[str, Any] | str | None = Field(
+        None, description="output matches this JSON schema (an object, or its JSON text)")
+    guided_regex: str | None = Field(None, min_length=1,
+                                     description="output matches this regular expression")
+    guided_grammar: str | None = Field(None, min_length=1,
+                                       description="output matches this Lark grammar "
+                                                   "(llguidance's dialect)")
+    guided_monitor: Literal[MONITORS] | None = Field(
+        None, description="monitor-guided decoding: 'python' allows only the members of "
+                          "an object after `obj.`")
+    repilot: bool | None = Field(None, description="Repilot-style completion engine")
+    deny_vulnerabilities: bool | None = Field(None, description="vulnerability-constrained "
+                                                                "decoding")
+
+    @field_validator("guided_json")
+    @classmethod
+    def _json_text_is_an_object(cls, value: dict | str | None) -> dict | None:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"not valid JSON text ({err})") from None
+            if not isinstance(value, dict):
+                raise ValueError("a JSON schema must be a JSON object")
+        return value
+
+
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's `response_format.json_schema`."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON schema output follows")
+    strict: bool | None = Field(None, description="accepted; the schema is always enforced")
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: text (no guide), any JSON object, or JSON following a schema."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = Field(None, description="with type json_schema only")
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema', and only there")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -77,6 +134,7 @@ class GenerationFields(BaseModel):
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
     tokenforge: TokenforgeExtension | None = None
 
     n: Unsupported(int, "it serves one choice per request", 1) = None
@@ -93,6 +151,25 @@ class GenerationFields(BaseModel):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def guide_spec(self) -> GuideSpec:
+        """The guide asked for by `response_format` and the `tokenforge` extension (GuideError
+        when they ask for more than one grammar)."""
+        ext = self.tokenforge or TokenforgeExtension()
+        kind = self.response_format.type if self.response_format else "text"
+        grammars = [name for name, given in (
+            (f"response_format {kind}", kind != "text"),
+            ("tokenforge.guided_json", ext.guided_json is not None),
+            ("tokenforge.guided_regex", ext.guided_regex is not None),
+            ("tokenforge.guided_grammar", ext.guided_grammar is not None)) if given]
+        if len(grammars) > 1:
+            raise GuideError(f"{' and '.join(grammars)} each ask for a grammar; send one of them")
+        schema = self.response_format.json_schema.schema_ if kind == "json_schema" else (
+            ext.guided_json)
+        return GuideSpec(json_schema=schema, json_object=kind == "json_object",
+                         regex=ext.guided_regex, lark=ext.guided_grammar,
+                         monitor=ext.guided_monitor, repilot=bool(ext.repilot),
+                         deny_vulnerabilities=bool(ext.deny_vulnerabilities))
 
     @property
     def logprobs_count(self) -> int | None:
@@ -172,8 +249,6 @@ class ChatCompletionRequest(GenerationFields):
                                                                "nothing without tools")
     functions: Unsupported(list, TOOLS, []) = None
     function_call: Unsupported(str | dict, TOOLS, "none", "auto") = None
-    response_format: Unsupported(dict, "structured output is not implemented",
-                                 {"type": "text"}) = None
     modalities: Unsupported(list[str], "text is the only modality", ["text"]) = None
     audio: Unsupported(dict, "text is the only modality") = None
     prediction: Unsupported(dict, "predicted outputs are not implemented") = None

@@ -1,11 +1,13 @@
 """Requests to engine jobs, and jobs to responses: full JSON, or a stream of server-sent events.
 
 `Service.plan` validates what pydantic cannot (model name, method and options, the max_tokens cap,
-token-id prompts over the length limit) before a request takes a queue slot; a text prompt is
-tokenized (and its length checked) by the worker, so that only the engine thread ever touches the
-tokenizer's Rust state. The prompts of a batch run one after the other, one queue slot at a time.
-A watcher task cancels the job as soon as the client disconnects, whether it is still queued,
-running, or streaming; the request then counts as 499 (`mark_client_closed`).
+token-id prompts over the length limit, one grammar at most) before a request takes a queue slot;
+a text prompt is tokenized (and its length checked) and the request's guide built (its grammar
+compiled) by the worker before the response starts, so that only the engine thread ever touches
+the tokenizer's Rust state and a bad grammar is a 400, streaming or not. The prompts of a batch
+run one after the other, one queue slot at a time (each with a guide of its own). A watcher task
+cancels the job as soon as the client disconnects, whether it is still queued, running, or
+streaming; the request then counts as 499 (`mark_client_closed`).
 """
 
 from __future__ import annotations
@@ -113,11 +115,13 @@ class Service:
         temperature = 1.0 if body.temperature is None else body.temperature
         top_p = 1.0 if body.top_p is None else body.top_p
         stop = [body.stop] if isinstance(body.stop, str) else body.stop
+        guide = body.guide_spec()
         return GenerationRequest(prompt=prompt, method=method, options=options,
                                  max_new_tokens=self._max_tokens(body),
                                  temperature=temperature, top_k=body.top_k or 0, top_p=top_p,
                                  seed=body.seed, stop=stop or None,
-                                 logprobs=body.logprobs_count, echo=body.echoes)
+                                 logprobs=body.logprobs_count, echo=body.echoes,
+                                 guide=None if guide.empty else guide)
 
     def _max_tokens(self, body: GenerationFields) -> int:
         cap = self.settings.max_tokens_cap

@@ -5,8 +5,9 @@ A request becomes a `Job`; the worker sends its events (`Started`, `Delta`, then
 job's own queue, so two requests' tokens can never mix. Cancelling a waiting job removes it from
 the queue; cancelling the running one makes the engine stop before its next step
 (`should_stop`), which ends the generation and frees the engine. The worker thread is the only
-one that touches the tokenizer: it encodes prompts, checks their length, and renders tokens and
-log-probabilities for the response (`TokenRenderer`).
+one that touches the tokenizer: it encodes prompts, checks their length, builds each
+generation's guide (compiling its grammar), and renders tokens and log-probabilities for the
+response (`TokenRenderer`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from tokenforge.decoding.api import encode_prompt, generate, make_drafter
 from tokenforge.decoding.registry import get_method
 from tokenforge.errors import PromptError, TokenforgeError
+from tokenforge.guides import Guide, GuideSpec, make_guide
 from tokenforge.models.load import LoadedModel
 from tokenforge.serve.formats import Result, TokenRenderer
 from tokenforge.serve.metrics import Metrics
@@ -46,6 +48,7 @@ class GenerationRequest:
     stop: list[str] | None
     logprobs: int | None = None  # alternatives per token; None: no logprobs
     echo: bool = False  # the response starts with the prompt (and its logprobs)
+    guide: GuideSpec | None = None  # built into a fresh Guide for each generation
 
 
 @dataclass
@@ -210,6 +213,7 @@ class Worker:
             prompt_ids = encode_prompt(self.loaded, request.prompt)
             check_prompt_length(len(prompt_ids), self.max_prompt_tokens)
             drafter = self._drafters.get(request.method, request.options)
+            guide = self._guide(request)
             prompt_text = self._prompt_text(request) if request.echo else ""
             job.post(Started(prompt_text))
             generation = generate(
@@ -217,7 +221,7 @@ class Worker:
                 max_new_tokens=request.max_new_tokens, temperature=request.temperature,
                 top_k=request.top_k, top_p=request.top_p, seed=request.seed, stop=request.stop,
                 on_text=lambda text: job.post(Delta(text)), should_stop=job.cancelled.is_set,
-                logprobs=request.logprobs, echo=request.echo)
+                logprobs=request.logprobs, echo=request.echo, guide=guide)
             result = self._renderer.result(generation, prompt_ids, prompt_text)
         except Exception as err:  # reported to the client; the worker lives on
             if not isinstance(err, TokenforgeError):
@@ -230,6 +234,16 @@ class Worker:
             return
         self.metrics.record_generation(request.method, generation.stats)
         job.post(Finished(result))
+
+    def _guide(self, request: GenerationRequest) -> Guide | None:
+        """A fresh guide for this generation (a guide holds per-generation state); GuideError
+        for a bad grammar, raised before `Started` so that even a stream gets a 400. With
+        max_new_tokens 0 (echo only scores the prompt) the guide is built, so that the request
+        is valid or not whatever max_tokens says, but not used: nothing is generated."""
+        if request.guide is None:
+            return None
+        guide = make_guide(self.loaded, request.guide)
+        return guide if request.max_new_tokens > 0 else None
 
     def _prompt_text(self, request: GenerationRequest) -> str:
         if isinstance(request.prompt, str):
