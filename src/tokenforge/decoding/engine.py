@@ -230,7 +230,7 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
         done = max_new_tokens == 0
         if not done and runner is not None:
             runner.begin(prompt_ids)
-            if not apply_mask(logits[-1], runner.masks(TokenTree())(0)):
+            if not apply_mask(logits[-1], runner.root_mask()):
                 stopper.reason = "guide"
                 done = True
         if not done:
@@ -254,6 +254,9 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
         while not done:
             room = stopper.next_step(len(prompt_ids), limit, should_stop)
             if room is None:
+                break
+            if runner is not None and runner.dead_end():
+                stopper.reason = "guide"
                 break
             commit = schedule.step(session, prompt_ids + stopper.tokens, room)
             hist[commit.accepted] += 1

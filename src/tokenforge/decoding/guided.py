@@ -34,6 +34,7 @@ class GuideRunner:
         self.guide, self.vocab_size = guide, vocab_size
         self.seconds = 0.0
         self.committed = 0  # tokens consumed since the prompt
+        self._root: tuple[int, torch.Tensor | None] = (-1, None)  # (committed, mask there)
         self.masks_computed = self.pruned_nodes = self.forced_tokens = self.forced_steps = 0
 
     def _timed(self, fn: Callable, *args):
@@ -54,6 +55,18 @@ class GuideRunner:
     def _allowed(self) -> torch.Tensor | None:
         self.masks_computed += 1
         return self.guide.allowed()
+
+    def root_mask(self) -> torch.Tensor | None:
+        """The mask after the committed tokens, computed once per step (forced(), the dead-end
+        check and the root's row share it)."""
+        if self._root[0] != self.committed:
+            self._root = (self.committed, self._timed(self._allowed))
+        return self._root[1]
+
+    def dead_end(self) -> bool:
+        """Nothing may follow the committed tokens (checked before a step spends a forward)."""
+        mask = self.root_mask()
+        return mask is not None and not bool(mask.any())
 
     def _consume_all(self, tokens: list[int]) -> int:
         done = 0
@@ -82,6 +95,10 @@ class GuideRunner:
     def forced(self, extra: list[int], limit: int) -> list[int]:
         if limit <= 0:
             return []
+        if not extra:
+            mask = self.root_mask()
+            if mask is None or int(mask.sum()) != 1:
+                return []
         out = self._timed(self._ahead, extra, lambda: self.guide.forced(limit)) or []
         if out:
             self.forced_steps += 1
@@ -116,8 +133,10 @@ class GuideRunner:
         cache: dict[int, torch.Tensor | None] = {}
 
         def mask(row: int) -> torch.Tensor | None:
+            if row == 0:
+                return self.root_mask()
             if row not in cache:
-                path = [] if row == 0 else [tree.tokens[n] for n in tree.path_to(row - 1)]
+                path = [tree.tokens[n] for n in tree.path_to(row - 1)]
                 cache[row] = self._timed(self._ahead, path, self._allowed)
             return cache[row]
 

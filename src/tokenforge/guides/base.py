@@ -31,7 +31,8 @@ class Guide:
         self.vocab_size = vocab_size
 
     def allowed(self) -> torch.Tensor | None:
-        """Bool mask (vocab_size,) of the tokens allowed next; None when every token is."""
+        """Bool mask (vocab_size,) of the tokens allowed next; None when every token is. The
+        engine keeps the tensor for the step: return a fresh one, not a buffer reused later."""
         raise NotImplementedError
 
     def consume(self, token: int) -> bool:
