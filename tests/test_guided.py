@@ -198,7 +198,7 @@ class DraftsAccepted:
 
         def recording(session, tree, logits, first_index):
             result = original(session, tree, logits, first_index)
-            self.drafted += 0 if session.forced else len(result.path)
+            self.drafted += max(0, len(result.path) - len(session.forced))
             return result
 
         monkeypatch.setattr(engine.Session, "verify", recording)

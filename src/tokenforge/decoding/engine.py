@@ -115,34 +115,38 @@ class Session:
         self.target, self.drafter, self.sampler, self.stats = target, drafter, sampler, stats
         self.guide = guide
         self.forward_sizes: Counter[int] = Counter()
-        self.forced = False  # the last proposed tree was the guide's forced chain
+        self.forced: list[int] = []  # the guide's forced tokens that head the last tree
+        self.drafted = False  # the drafter proposed the rest of the last tree
 
     def propose(self, tokens: list[int], max_depth: int) -> TokenTree:
         """The tree to verify after `tokens` (committed, then any drafted ahead): the guide's
-        forced tokens when it has some, else the drafter's tree less what the guide refuses."""
-        self.forced = False
+        forced tokens as a chain, with the drafter's tree after them less what the guide
+        refuses."""
+        self.forced, self.drafted = [], False
         if max_depth <= 0 or (self.drafter is None and self.guide is None):
             return TokenTree()
         start = time.perf_counter()
         ahead = tokens[len(tokens) - self.guide.pending(tokens):] if self.guide else []
         forced = self.guide.forced(ahead, max_depth) if self.guide else []
-        if forced:
-            self.forced = True
-            tree = TokenTree.chain(forced, self._one_hot(forced))
-        elif self.drafter is None:
-            tree = TokenTree()
-        else:
-            tree = self.drafter.propose(tokens, max_depth).truncate(max_depth)
+        tree = TokenTree()
+        if self.drafter is not None and len(forced) < max_depth:
+            tree = self.drafter.propose(tokens + forced, max_depth - len(forced))
+            tree = tree.truncate(max_depth - len(forced))
             if not self.target.supports_tree:
                 tree = tree.first_chain()
+            self.drafted = True
             if self.guide:
-                tree = self.guide.prune(tree, ahead)
+                tree = self.guide.prune(tree, ahead + forced)
+        if forced:
+            self.forced = forced
+            tree = tree.under_chain(forced) if len(tree) else TokenTree.chain(
+                forced, self._one_hot(forced))
         self.stats.draft_s += time.perf_counter() - start
         return tree
 
     def _one_hot(self, tokens: list[int]) -> torch.Tensor | None:
-        """Draft rows of a forced chain for the rejection sampler: q is the forced token (its
-        guided p is 1, so it is accepted), then no draft after the last one."""
+        """Draft rows of a forced chain alone for the rejection sampler: q is the forced token
+        (its guided p is 1, so it is accepted), then no draft after the last one."""
         if self.sampler.deterministic:
             return None
         q = torch.zeros(len(tokens) + 1, self.target.vocab_size)
@@ -178,11 +182,22 @@ class Session:
         self.stats.verify_s += time.perf_counter() - start
 
     def feedback(self, tree: TokenTree, logits: torch.Tensor, result: VerifyResult) -> None:
-        """The drafter learns from its own trees (not from the guide's forced chains)."""
-        if self.drafter is not None and not self.forced:
-            start = time.perf_counter()
-            self.drafter.feedback(tree, logits, result)
-            self.stats.draft_s += time.perf_counter() - start
+        """The drafter learns from its own tree: after forced tokens, the part of the tree, the
+        rows and the result that follow them."""
+        if self.drafter is None or not self.drafted:
+            return
+        k = len(self.forced)
+        if k:
+            if result.dead_end or len(result.path) < k:
+                return
+            own = TokenTree(tree.tokens[k:], [p - k for p in tree.parents[k:]],
+                            None if tree.draft_probs is None else tree.draft_probs[k:],
+                            tree.without_replacement)
+            tree, logits = own, logits[k:]
+            result = VerifyResult([n - k for n in result.path[k:]], result.tokens[k:])
+        start = time.perf_counter()
+        self.drafter.feedback(tree, logits, result)
+        self.stats.draft_s += time.perf_counter() - start
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:

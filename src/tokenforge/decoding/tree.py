@@ -79,6 +79,20 @@ class TokenTree:
                          [new_index[self.parents[i]] for i in keep], probs,
                          self.without_replacement)
 
+    def under_chain(self, chain: list[int]) -> TokenTree:
+        """This tree hung under the last node of `chain`, the chain first from the root. With
+        draft rows, the chain's rows are one-hot on its next token (it is accepted for sure)."""
+        k = len(chain)
+        if not k:
+            return self
+        probs = self.draft_probs
+        if probs is not None:
+            rows = torch.zeros(k, probs.shape[-1], dtype=probs.dtype)
+            rows[torch.arange(k), torch.tensor(chain)] = 1.0
+            probs = torch.cat([rows, probs])
+        parents = list(range(-1, k - 1)) + [k - 1 if p < 0 else p + k for p in self.parents]
+        return TokenTree(chain + self.tokens, parents, probs, self.without_replacement)
+
     def truncate(self, max_depth: int) -> TokenTree:
         return self.subtree([i for i, d in enumerate(self.depths) if d <= max_depth])
 
