@@ -7,7 +7,20 @@ from pathlib import Path
 
 import typer
 
-from tokenforge.cli_common import finite, parse_options, run, utf8_text
+from tokenforge.cli_common import (
+    DenyVulnerabilitiesOption,
+    GrammarOption,
+    JsonObjectOption,
+    JsonSchemaOption,
+    MonitorOption,
+    RegexOption,
+    RepilotOption,
+    finite,
+    guide_spec,
+    parse_options,
+    run,
+    utf8_text,
+)
 
 # Plain click help, not rich's panels: those cut long option names at 80 columns.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -35,14 +48,26 @@ def generate(
                                                "or rejection"),
     trust_remote_code: bool = typer.Option(False, help="run the model repo's own code"),
     stats: bool = typer.Option(True, help="print generation stats to stderr"),
+    json_schema: JsonSchemaOption = None,
+    json_object: JsonObjectOption = False,
+    regex: RegexOption = None,
+    grammar: GrammarOption = None,
+    monitor: MonitorOption = None,
+    repilot: RepilotOption = False,
+    deny_vulnerabilities: DenyVulnerabilitiesOption = False,
 ):
-    """Generate a continuation of PROMPT, streaming it to stdout."""
+    """Generate a continuation of PROMPT, streaming it to stdout (constrained by the guide
+    options, if any)."""
     from tokenforge import generate as run_generate
     from tokenforge import load_model
     from tokenforge.decoding.registry import get_method
+    from tokenforge.guides import make_guide
 
     get_method(method).resolve_options(parse_options(option))  # fail before loading a model
+    spec = guide_spec(json_schema, json_object, regex, grammar, monitor, repilot,
+                      deny_vulnerabilities)
     loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    guide = make_guide(loaded, spec) if spec is not None else None  # a bad grammar fails here
     draft = load_model(draft_model, device=device, dtype=dtype,
                        trust_remote_code=trust_remote_code) if draft_model else None
     sys.stdout.write(prompt)
@@ -50,17 +75,25 @@ def generate(
         result = run_generate(loaded, prompt, method=method, draft=draft,
                               max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                               top_p=top_p, seed=seed, stop=stop or None, backend=backend,
-                              sampler=sampler,
+                              sampler=sampler, guide=guide,
                               on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
                               **parse_options(option))
     finally:  # end the line of text even when an error or Ctrl-C cuts it short
         sys.stdout.write("\n")
+    s = result.stats
+    if s.finish_reason == "guide":
+        typer.echo(f"finish: guide (the guide {s.guide['name']} allowed no next token)"
+                   if s.guide else "finish: guide (the guide allowed no next token)", err=True)
     if stats:
-        s = result.stats
+        guided = ""
+        if s.guide:
+            guided = (f"; guide {s.guide['name']}: {s.guide.get('guide_s', 0.0):.3f}s, "
+                      f"{s.guide.get('forced_tokens', 0)} forced tokens, "
+                      f"{s.guide.get('pruned_nodes', 0)} draft tokens cut")
         typer.echo(f"[{method}] {s.new_tokens} tokens in {s.total_s:.2f}s "
                    f"({s.tokens_per_s:.1f} tok/s), {s.target_forwards} target forwards, "
                    f"{s.mean_accepted_tokens:.2f} tokens/forward, finish: {s.finish_reason}; "
-                   f"backend: {s.backend}", err=True)
+                   f"backend: {s.backend}{guided}", err=True)
 
 
 @app.command()
@@ -116,11 +149,12 @@ def train_demo_cmd(
 def _register_subsystem_commands() -> None:
     """bench, serve, tokenizer and distill-draft live with their subsystems; each adds itself."""
     from tokenforge.bench.cli import register as bench
+    from tokenforge.guides.vuln import register as vuln
     from tokenforge.models.distill import register as distill
     from tokenforge.serve.cli import register as serve
     from tokenforge.tokenization.cli import register as tokenizer
 
-    for register in (bench, serve, tokenizer, distill):
+    for register in (bench, serve, tokenizer, distill, vuln):
         register(app)
 
 

@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from tokenforge.cli_common import finite
+from tokenforge.cli_common import (
+    DenyVulnerabilitiesOption,
+    GrammarOption,
+    JsonObjectOption,
+    JsonSchemaOption,
+    MonitorOption,
+    RegexOption,
+    RepilotOption,
+    finite,
+    guide_spec,
+)
 from tokenforge.errors import InvalidOptionError
 
 
@@ -72,9 +82,20 @@ def bench(
         help="replay an earlier results.json: its recorded tree sizes (unless set with "
              "--method-option) and its cost curves")] = None,
     progress: Annotated[bool, typer.Option(help="live progress bar on stderr")] = True,
+    json_schema: JsonSchemaOption = None,
+    json_object: JsonObjectOption = False,
+    regex: RegexOption = None,
+    grammar: GrammarOption = None,
+    monitor: MonitorOption = None,
+    repilot: RepilotOption = False,
+    deny_vulnerabilities: DenyVulnerabilitiesOption = False,
 ):
-    """Benchmark decoding methods against vanilla and the transformers baselines, same prompts."""
+    """Benchmark decoding methods against vanilla and the transformers baselines, same prompts.
+    With a guide option, every method and vanilla run under the same guide (the transformers
+    baselines cannot: they are refused, and left out of `--methods all`)."""
     names = parse_methods(methods)  # before the imports: a mistake is refused at once
+    spec = guide_spec(json_schema, json_object, regex, grammar, monitor, repilot,
+                      deny_vulnerabilities)
     from tokenforge.bench.report import markdown_table, write_outputs
     from tokenforge.bench.runner import BenchConfig, run_bench
 
@@ -84,7 +105,7 @@ def bench(
         max_new_tokens=max_new_tokens, temperature=temperature, device=device, dtype=dtype,
         repeats=repeats, warmup=warmup, seed=seed,
         method_options=parse_method_options(method_option), backend=backend, sampler=sampler,
-        calibration_from=calibration_from)
+        calibration_from=calibration_from, guide=spec)
     result = run_bench(config, progress=progress)
     data = write_outputs(result, out, shlex.join(["tokenforge", *sys.argv[1:]]))
     typer.echo(markdown_table(data))

@@ -10,7 +10,10 @@ results.json, schema_version 2 (new in 2: marked +):
     dataset {name, source, sha256, category, n_prompts, skipped_prompts, warmup_prompt,
              warmup_in_measured_set},
     settings {max_new_tokens, temperature, greedy, repeats, warmup, seed, limit,
-              + interleaved (true: methods rotate per prompt, see runner.py)},
+              + interleaved (true: methods rotate per prompt, see runner.py),
+              + guide: null, or the GuideSpec's fields that are set (json_schema, json_object,
+                regex, lark, monitor, repilot, deny_vulnerabilities): every method and vanilla
+                ran under it, + unguided_left_out: the baselines `all` left out for it},
     reference ("vanilla"), lossless_informational (true under sampling),
     + machine_load {device, cores, threads, load_before, load_after (1-minute load averages,
                     null where the system has none), cpu_s, wall_s, cpu_per_wall (this process
@@ -34,7 +37,8 @@ results.json, schema_version 2 (new in 2: marked +):
                     + backend, + sampler, + dtype, + draft_dtype (null without a draft model),
                     + calibration (what the drafter measured and chose; {} for most methods),
                     time_split (tokenforge methods; null for the transformers baselines):
-                        {prefill_s, draft_s, verify_s, other_s, total_s, draft_share[, overlap (pearl)]},
+                        {prefill_s, draft_s, verify_s, other_s, total_s, draft_share[, overlap (pearl)]
+                         [, + guide_s, + guide_share (guided: the guide's time, inside the others)]},
                     prompts [{id, prompt_tokens, new_tokens, target_forwards, seconds, lossless,
                               + first_divergence (null when identical to vanilla's),
                               output_sha1}]}}
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from tokenforge.bench.modelled import COST_REPEATS
@@ -87,7 +92,8 @@ def results_json(result: BenchResult, command: str | None = None) -> dict:
         "settings": {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                      "greedy": config.greedy, "repeats": config.repeats,
                      "warmup": config.warmup, "seed": config.seed, "limit": config.limit,
-                     "interleaved": True},
+                     "interleaved": True, "guide": guide_json(config.guide),
+                     "unguided_left_out": result.unguided_left_out},
         "reference": REFERENCE,
         "lossless_informational": not config.greedy,
         "machine_load": result.machine_load.as_dict(),
@@ -98,6 +104,13 @@ def results_json(result: BenchResult, command: str | None = None) -> dict:
                                                                   **replay.origin},
         "methods": {m.name: method_json(m) for m in result.methods},
     }
+
+
+def guide_json(spec) -> dict | None:
+    """The fields of a GuideSpec that are set; None for an unguided run."""
+    if spec is None or spec.empty:
+        return None
+    return {key: value for key, value in asdict(spec).items() if value not in (None, False)}
 
 
 def method_json(result: MethodResult) -> dict:
@@ -173,15 +186,19 @@ def time_split_table(data: dict) -> str:
     split = [(name, m["time_split"]) for name, m in by_speedup(data) if m.get("time_split")]
     if not split:
         return ""
+    guided = any("guide_s" in t for _, t in split)
     rows = ["| method | prefill s | draft s | verify s | other s | other share | draft share "
-            "| draft overlap |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| draft overlap |" + (" guide s | guide share |" if guided else ""),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            + (" ---: | ---: |" if guided else "")]
     for name, t in split:
         overlap = f"{t['overlap']:.2f}" if "overlap" in t else "-"
         other_share = t["other_s"] / t["total_s"] if t["total_s"] else 0.0
+        guide = (f" {t['guide_s']:.3f} | {t['guide_share']:.1%} |" if "guide_s" in t
+                 else " - | - |") if guided else ""
         rows.append(f"| {name} | {t.get('prefill_s', 0.0):.2f} | {t['draft_s']:.2f} | "
                     f"{t['verify_s']:.2f} | {t['other_s']:.2f} | {other_share:.1%} | "
-                    f"{t['draft_share']:.0%} | {overlap} |")
+                    f"{t['draft_share']:.0%} | {overlap} |{guide}")
     return "\n".join(rows)
 
 
@@ -291,6 +308,17 @@ def markdown_report(data: dict) -> str:
              "`generate()`." if HF_REFERENCE in data["methods"] else "")
     memory = data["memory_pass"]
     split, divergence = time_split_table(data), divergence_table(data)
+    guide = settings.get("guide")
+    guided = []
+    if guide is not None:
+        kinds = ", ".join(f"{key}" if value is True else f"{key} {json.dumps(value)[:80]}"
+                          for key, value in guide.items())
+        left_out = settings.get("unguided_left_out") or []
+        guided = [f"- Guided: {kinds}. Vanilla and every method ran under the same guide, so "
+                  "the lossless rate compares guided methods with guided vanilla; the guide's "
+                  "time is inside the timers (guide s in the time split)"
+                  + (f"; left out (they cannot take a guide): {', '.join(left_out)}"
+                     if left_out else "")]
     lines = [
         f"# tokenforge bench: {data['model']}{draft} on {dataset['name']}",
         "",
@@ -306,6 +334,7 @@ def markdown_report(data: dict) -> str:
            "context)" if dataset["skipped_prompts"] else ""),
         f"- Decoding: {decoding}, max_new_tokens {settings['max_new_tokens']}; each prompt timed "
         f"{settings['repeats']} time(s), median kept; {warmup}",
+        *guided,
         f"- {INTERLEAVE_NOTE}",
         f"- Run: {data['created']}" + (f", `{data['command']}`" if data["command"] else ""),
         "",

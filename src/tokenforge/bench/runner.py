@@ -22,6 +22,12 @@
 6. Scores: speedups over vanilla (and hf-greedy when it ran) with paired bootstrap intervals over
    prompts (stats.py), the modelled speedup, identity with vanilla's ids.
 
+Guided (`config.guide`, a GuideSpec): every tokenforge method and vanilla run under the same guide,
+each decoder with its own instance (a guide caches the states it has computed, so a shared one
+would hand the later methods the earlier ones' work); `lossless` then compares guided methods with
+guided vanilla. The transformers baselines cannot take a guide: named, they are refused; `all`
+leaves them out and the results say so.
+
 Token counting is the same for every method: the new ids the method returned, cut at and including
 the first EOS (the engine's EOS set). `lossless` compares those ids with vanilla's, length included;
 `first_divergence` says where they part. Token ids, forwards and timers of a prompt come from its
@@ -58,6 +64,7 @@ from tokenforge.decoding.engine import eos_token_ids
 from tokenforge.decoding.registry import Method, all_methods, get_method
 from tokenforge.decoding.sampling import SAMPLERS
 from tokenforge.errors import DatasetError, InvalidOptionError, PromptError
+from tokenforge.guides import GuideSpec, make_guide
 from tokenforge.models.load import LoadedModel, load_model
 
 REFERENCE = "vanilla"
@@ -87,6 +94,7 @@ class BenchConfig:
     backend: str = "auto"  # tokenforge methods: auto (the fast path where it applies), static,
     # transformers
     sampler: str = "gumbel"  # tokenforge methods at temperature > 0: gumbel or rejection
+    guide: GuideSpec | None = None  # the same guide for vanilla and every tokenforge method
 
     def __post_init__(self) -> None:
         for name, minimum in (("max_new_tokens", 1), ("repeats", 1), ("warmup", 0)):
@@ -122,6 +130,7 @@ class Decoded:
     ids: list[int]
     target_forwards: int
     time_split: dict[str, float] | None = None  # tokenforge methods: GenerationStats' timers
+    # (and guide_s, the guide's time, when guided)
     forward_sizes: dict[int, int] | None = None  # tokenforge: target forwards after the prefill
     draft_forward_sizes: dict[int, int] | None = None  # the draft model's, prefill included
 
@@ -213,6 +222,8 @@ class MethodResult:
             return None
         total = {key: sum(split.get(key, 0.0) for split in splits) for key in splits[0]}
         total["draft_share"] = total["draft_s"] / total["total_s"] if total["total_s"] else 0.0
+        if "guide_s" in total:
+            total["guide_share"] = total["guide_s"] / total["total_s"] if total["total_s"] else 0.0
         if "draft_hidden_s" in total:
             total["overlap"] = (total.pop("draft_hidden_s") / total["draft_s"]
                                 if total["draft_s"] else 0.0)
@@ -241,6 +252,7 @@ class BenchResult:
     cost_curves: dict[str, MeasuredCurve]  # "target", and "draft" when a method used one
     memory_prompt: dict  # the prompt of the memory pass: id, prompt_tokens
     replay: Replay | None = None
+    unguided_left_out: list[str] = field(default_factory=list)  # `all`'s baselines, when guided
     bootstrap: Bootstrap = BOOTSTRAP
 
 
@@ -279,21 +291,34 @@ def count_tokens(ids: list[int], eos: set[int]) -> list[int]:
     return list(ids)
 
 
+def unguided_left_out(names: list[str], has_draft: bool) -> list[str]:
+    """The baselines `all` would run but leaves out of a guided run (they cannot take a guide)."""
+    if "all" not in names:
+        return []
+    return [m.name for m in BASELINES.values() if has_draft or not m.needs_draft]
+
+
 def plan_methods(names: list[str], method_options: dict[str, dict[str, str]],
-                 has_draft: bool, replay: Replay | None = None) -> list[MethodPlan]:
+                 has_draft: bool, replay: Replay | None = None,
+                 guided: bool = False) -> list[MethodPlan]:
     """Validate names and options before any model is loaded; `all` = every registered method and
-    baseline that can run (the draft-model ones only with a draft model); vanilla goes first.
-    The benchmark adds its own options (calibrate, replayed tree sizes: bench/replay.py)."""
+    baseline that can run (the draft-model ones only with a draft model; guided, no baseline);
+    vanilla goes first. The benchmark adds its own options (calibrate, replayed tree sizes:
+    bench/replay.py)."""
     registered = {m.name: m for m in all_methods()}
     expanded: list[str] = [REFERENCE]
     for name in names:
         if name == "all":
-            candidates = [*registered.values(), *BASELINES.values()]
+            candidates = [*registered.values(), *([] if guided else BASELINES.values())]
             expanded += [m.name for m in candidates if has_draft or not m.needs_draft]
         else:
             expanded.append(name)
     plans = []
     for name in dict.fromkeys(expanded):
+        if name in BASELINES and guided:
+            raise InvalidOptionError(f"method '{name}' cannot take a guide (transformers' "
+                                     "generate() would run unguided): leave it out of --methods "
+                                     "when a guide option is given")
         if name in BASELINES:
             spec, kind = BASELINES[name], "transformers"
         elif name in registered:
@@ -350,6 +375,8 @@ class EngineDecoder:
         self.target, self.draft, self.method = target, draft, method.name
         self.config = config
         self.drafter = make_drafter(target, self.method, draft, **options)  # state carries over
+        # this decoder's own guide (its cached states are not shared with the other methods')
+        self.guide = make_guide(target, config.guide) if config.guide is not None else None
         self.backend = self.sampler = ""  # as the last generation reported them
 
     def __call__(self, prompt_ids: list[int], seed: int | None) -> Decoded:
@@ -357,11 +384,13 @@ class EngineDecoder:
         gen = generate(self.target, prompt_ids, method=self.method, drafter=self.drafter,
                        draft=self.draft, max_new_tokens=config.max_new_tokens,
                        temperature=config.temperature, seed=seed, backend=config.backend,
-                       sampler=config.sampler)
+                       sampler=config.sampler, guide=self.guide)
         stats = gen.stats
         self.backend, self.sampler = stats.backend, stats.sampler
         timers = {key: getattr(stats, key) for key in TIMERS
                   if key != "draft_hidden_s" or stats.concurrent}
+        if stats.guide is not None:
+            timers["guide_s"] = stats.guide["guide_s"]
         return Decoded(gen.token_ids, stats.target_forwards, timers, dict(stats.forward_sizes),
                        dict(stats.draft_forward_sizes))
 
@@ -522,12 +551,19 @@ def run_bench(config: BenchConfig, progress: bool = True, target: LoadedModel | 
     otherwise they are loaded from `config.model` / `config.draft_model`."""
     has_draft = draft is not None or config.draft_model is not None
     replay = load_replay(config.calibration_from) if config.calibration_from else None
-    plans = plan_methods(config.methods, config.method_options, has_draft, replay)
+    guided = config.guide is not None and not config.guide.empty
+    plans = plan_methods(config.methods, config.method_options, has_draft, replay, guided)
+    left_out = unguided_left_out(config.methods, has_draft) if guided else []
+    if left_out:
+        log.warning("tokenforge bench: %s left out: the transformers baselines cannot take a "
+                    "guide", ", ".join(left_out))
     dataset = load_dataset(config.dataset, config.category)
     if target is None:
         target = load_model(config.model, device=config.device, dtype=config.dtype)
     if draft is None and config.draft_model is not None:
         draft = load_model(config.draft_model, device=config.device, dtype=config.dtype)
+    if guided:
+        make_guide(target, config.guide)  # a grammar that does not compile fails before timing
     prompts, warmup, skipped = select_prompts(target, dataset, config.max_new_tokens,
                                               config.limit)
     curves = cost_curves(target, draft, plans, replay, config.backend)
@@ -558,4 +594,4 @@ def run_bench(config: BenchConfig, progress: bool = True, target: LoadedModel | 
     return BenchResult(config, environment(target.device, target.dtype), dataset_info,
                        memory.kind, results,
                        datetime.now(timezone.utc).isoformat(timespec="seconds"), load, curves,
-                       memory_prompt, replay)
+                       memory_prompt, replay, left_out)
