@@ -3,7 +3,8 @@
 `make_guide(loaded, GuideSpec(...))` builds the guide a user asked for, AND-ing the parts:
 - json_schema / json_object / regex / lark: grammars compiled by llguidance (guides/grammar.py);
 - monitor="python": the member monitor of monitor-guided decoding (guides/python_monitor.py);
-- repilot=True: the Repilot-style completion engine (guides/repilot.py);
+- repilot=True: the Repilot-style completion engine (guides/repilot.py; it includes the member
+  monitor, so monitor="python" adds nothing to it);
 - deny_vulnerabilities=True: vulnerability-constrained decoding (guides/vuln.py).
 """
 
@@ -48,16 +49,16 @@ def make_guide(loaded, spec: GuideSpec) -> Guide | None:
         from tokenforge.guides.grammar import GrammarGuide
 
         parts.append(GrammarGuide(loaded.tokenizer, *grammars[0]))
-    if spec.monitor is not None:
-        if spec.monitor not in MONITORS:
-            raise GuideError(f"unknown monitor {spec.monitor!r}; choose one of {', '.join(MONITORS)}")
-        from tokenforge.guides.python_monitor import MemberMonitor
-
-        parts.append(MemberMonitor(loaded.tokenizer))
-    if spec.repilot:
+    if spec.monitor is not None and spec.monitor not in MONITORS:
+        raise GuideError(f"unknown monitor {spec.monitor!r}; choose one of {', '.join(MONITORS)}")
+    if spec.repilot:  # the completion engine is the member monitor plus forced completion
         from tokenforge.guides.repilot import CompletionEngine
 
         parts.append(CompletionEngine(loaded.tokenizer))
+    elif spec.monitor is not None:
+        from tokenforge.guides.python_monitor import MemberMonitor
+
+        parts.append(MemberMonitor(loaded.tokenizer))
     if spec.deny_vulnerabilities:
         from tokenforge.guides.vuln import vulnerability_denial
 
