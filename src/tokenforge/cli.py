@@ -147,7 +147,8 @@ def train_demo_cmd(
 
 
 def _register_subsystem_commands() -> None:
-    """bench, serve, tokenizer and distill-draft live with their subsystems; each adds itself."""
+    """bench, serve, tokenizer, distill-draft and train-vuln live with their subsystems; each
+    adds itself."""
     from tokenforge.bench.cli import register as bench
     from tokenforge.guides.vuln import register as vuln
     from tokenforge.models.distill import register as distill
