@@ -224,3 +224,47 @@ def test_guided_sampling_matches_the_guided_distribution(guided_models, monkeypa
         assert stat < bound, f"tokens {window}: chi-square {stat:.1f} >= {bound:.1f}"
     assert seen.drafted > 10, f"only {seen.drafted} drafted (not forced) tokens were accepted"
 
+
+
+class Only(Guide):
+    """Allows a fixed set of tokens everywhere."""
+
+    name = "only"
+
+    def __init__(self, tokens: set[int]):
+        self.tokens = tokens
+
+    def begin(self, prompt_ids, vocab_size):
+        super().begin(prompt_ids, vocab_size)
+        self.mask = torch.zeros(vocab_size, dtype=torch.bool)
+        self.mask[sorted(self.tokens)] = True
+
+    def allowed(self) -> torch.Tensor:
+        return self.mask.clone()
+
+    def consume(self, token: int) -> bool:
+        return bool(self.mask[token])
+
+    def rollback(self, k: int) -> None:
+        """Nothing to undo."""
+
+
+def test_adaptive_sps_treats_a_chain_the_guide_cut_as_rejected(llama, monkeypatch):
+    """A chain the guide cuts is not a fully accepted one: adaptive gamma must not grow on it."""
+    from tokenforge.decoding.api import make_drafter
+    from tokenforge.decoding.drafters.draft_model import SpS
+
+    target, drafts, cases, _, _ = llama
+    drafter = make_drafter(target, "sps", drafts[1], adaptive=True)
+    gammas: list[int] = []
+    original = SpS.feedback
+
+    def recording(self, tree, logits, result):
+        original(self, tree, logits, result)
+        gammas.append(self.gamma)
+
+    monkeypatch.setattr(SpS, "feedback", recording)
+    out = tokenforge.generate(target, cases[0], drafter=drafter, max_new_tokens=24,
+                              guide=Only({1, 2, 3}))
+    assert set(out.token_ids) <= {1, 2, 3} and out.stats.guide["pruned_nodes"] > 0
+    assert gammas and max(gammas) <= 5, gammas

@@ -59,7 +59,8 @@ class GenerationStats:
     sampler: str = ""
     finish_reason: str = "length"  # length | eos | stop | context | cancelled | guide
     guide: dict | None = None  # guided generations: the guide's counts and guide_s, its time
-    # (part of prefill_s, draft_s and verify_s)
+    # (part of prefill_s, draft_s and verify_s); the acceptance histogram counts the guide's
+    # forced tokens as accepted (guide["forced_tokens"] says how many were forced)
 
     @property
     def mean_accepted_tokens(self) -> float:
@@ -243,8 +244,9 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
         if echo:
             prompt_scores = scorer.prompt(prompt_ids, logits)
         done = max_new_tokens == 0
-        if not done and runner is not None:
+        if runner is not None:
             runner.begin(prompt_ids)
+        if not done and runner is not None:
             if not apply_mask(logits[-1], runner.root_mask()):
                 stopper.reason = "guide"
                 done = True
@@ -270,14 +272,20 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
             room = stopper.next_step(len(prompt_ids), limit, should_stop)
             if room is None:
                 break
-            if runner is not None and runner.dead_end():
-                stopper.reason = "guide"
-                break
+            if runner is not None:
+                t = time.perf_counter()
+                dead = runner.dead_end()  # the step's root mask, which verification reuses
+                stats.verify_s += time.perf_counter() - t
+                if dead:
+                    stopper.reason = "guide"
+                    break
             commit = schedule.step(session, prompt_ids + stopper.tokens, room)
             hist[commit.accepted] += 1
             kept = stopper.add(commit.tokens)
             if runner is not None:
+                t = time.perf_counter()
                 runner.advance(commit.tokens[:kept])
+                stats.verify_s += time.perf_counter() - t
                 if commit.dead_end and not stopper.finished:
                     stopper.reason = "guide"
             if scorer is not None:
@@ -292,7 +300,9 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
             drafter.finish()
             stats.draft_s += time.perf_counter() - t
         if runner is not None:
+            t = time.perf_counter()
             runner.end()
+            stats.verify_s += time.perf_counter() - t
             stats.guide = runner.stats()
 
     stopper.close()

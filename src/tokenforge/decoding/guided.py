@@ -60,7 +60,8 @@ class GuideRunner:
         """The mask after the committed tokens, computed once per step (forced(), the dead-end
         check and the root's row share it)."""
         if self._root[0] != self.committed:
-            self._root = (self.committed, self._timed(self._allowed))
+            mask = self._timed(self._allowed)
+            self._root = (self.committed, None if mask is None else mask.clone())
         return self._root[1]
 
     def dead_end(self) -> bool:
@@ -85,10 +86,14 @@ class GuideRunner:
         self.committed += taken
 
     def _ahead(self, extra: list[int], body: Callable[[], object]):
-        """Run `body` with the guide stepped over `extra` (drafted, uncommitted tokens)."""
+        """Run `body` with the guide stepped over `extra` (tokens it allowed before: drafted
+        ahead, or a path of a tree it cut)."""
         taken = self._consume_all(extra)
         try:
-            return body() if taken == len(extra) else None
+            if taken != len(extra):
+                raise RuntimeError(f"the guide {self.guide.name} refused token {extra[taken]} it "
+                                   "allowed before: its allowed() and consume() disagree")
+            return body()
         finally:
             self.guide.rollback(taken)
 
@@ -99,7 +104,7 @@ class GuideRunner:
             mask = self.root_mask()
             if mask is None or int(mask.sum()) != 1:
                 return []
-        out = self._timed(self._ahead, extra, lambda: self.guide.forced(limit)) or []
+        out = self._timed(self._ahead, extra, lambda: self.guide.forced(limit))
         if out:
             self.forced_steps += 1
             self.forced_tokens += len(out)
@@ -108,8 +113,7 @@ class GuideRunner:
     def prune(self, tree: TokenTree, extra: list[int]) -> TokenTree:
         if not len(tree):
             return tree
-        keep = self._timed(self._ahead, extra, lambda: self._valid_nodes(tree))
-        keep = sorted(keep or [])
+        keep = sorted(self._timed(self._ahead, extra, lambda: self._valid_nodes(tree)))
         self.pruned_nodes += len(tree) - len(keep)
         return tree.subtree(keep)
 
@@ -152,11 +156,9 @@ class GuideRunner:
 
 
 def apply_mask(row: torch.Tensor, mask: torch.Tensor | None) -> bool:
-    """Mask one logits row in place (disallowed -> -inf); False when the mask allows nothing."""
+    """Mask one logits row in place (disallowed -> -inf); False when nothing is left: the mask
+    allows no token, or the model gives every allowed token -inf."""
     if mask is None:
         return True
-    mask = mask.to(row.device)
-    if not bool(mask.any()):
-        return False
-    row.masked_fill_(~mask, float("-inf"))
-    return True
+    row.masked_fill_(~mask.to(row.device), float("-inf"))
+    return bool((row > float("-inf")).any())

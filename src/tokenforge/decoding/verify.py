@@ -17,8 +17,9 @@ p goes through SamplingParams.probs (temperature, top-k, top-p) in float32 on th
 
 Guided (`masks` given, see decoding/guided.py): each row that verification reads is first masked
 in place to the tokens the guide allows there, so p is the guided distribution; a stochastic
-draft's q is restricted to the same tokens and renormalised (the guide cut the drafts it refuses,
-so the siblings left are draws from that restricted q). A row that allows nothing ends the
+draft's q is restricted to the same tokens and renormalised: the guide cut the drafts it refuses,
+and each sibling left is, given the ones before it, a draw from that restricted q (with or
+without replacement alike), so the usual rule stays exact. A row that allows nothing ends the
 generation after the tokens accepted so far (`dead_end`).
 """
 

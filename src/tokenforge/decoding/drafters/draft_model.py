@@ -289,6 +289,7 @@ class SpS(DraftModelDrafter):
         self.initial_gamma, self.adaptive = options.gamma, options.adaptive
         self.min_confidence = options.min_confidence
         self.gamma = options.gamma
+        self.drafted = 0  # the length of the last chain drafted
 
     def begin(self, prompt_ids: list[int], target: Backend) -> None:
         super().begin(prompt_ids, target)
@@ -310,11 +311,12 @@ class SpS(DraftModelDrafter):
             if len(drafted) == depth:
                 break
             logits = self.lm.append(drafted[-1])
+        self.drafted = len(drafted)
         return TokenTree.chain(drafted, self.probs_rows(rows + [None]))
 
     def feedback(self, tree: TokenTree, logits: torch.Tensor, result: VerifyResult) -> None:
-        if self.adaptive:
-            full = len(result.path) == len(tree)
+        if self.adaptive:  # against the chain drafted: a guide may have cut `tree` short
+            full = len(result.path) == self.drafted
             self.gamma = self.gamma + 2 if full else max(1, self.gamma - 1)
 
 

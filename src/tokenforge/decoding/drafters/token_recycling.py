@@ -217,8 +217,12 @@ class TokenRecycling(Drafter):
         return self._proposed
 
     def feedback(self, tree: TokenTree, logits: torch.Tensor, result: VerifyResult) -> None:
-        top = torch.topk(logits, self.matrix.shape[1], dim=-1).indices
-        self.matrix[[self._root] + tree.tokens] = top.cpu().numpy()
+        values, top = torch.topk(logits, self.matrix.shape[1], dim=-1)
+        rows = [self._root] + tree.tokens
+        # a row a guide masked has fewer than k allowed tokens: its -inf ties are not candidates,
+        # so those slots keep what the matrix had
+        self.matrix[rows] = np.where(torch.isfinite(values).cpu().numpy(), top.cpu().numpy(),
+                                     self.matrix[rows])
         if self.fixed_size is None and self.chosen_size is None and len(tree):
             # the engine may have verified a cut of the proposed tree (first chain, depth):
             # map its path back to the proposed tree's template indices
