@@ -133,6 +133,19 @@ def one_line(message: str) -> str:
     return " ".join(kept) or message.strip()
 
 
+def schema_dict(source: dict | str) -> dict:
+    """A JSON schema given as a dict or as its JSON text, as a dict (GuideError otherwise)."""
+    schema = source
+    if isinstance(source, str):
+        try:
+            schema = json.loads(source)
+        except json.JSONDecodeError as err:
+            raise GuideError(f"the JSON schema is not valid JSON: {err}") from None
+    if not isinstance(schema, dict):
+        raise GuideError(f"a JSON schema must be a JSON object, got {type(schema).__name__}")
+    return schema
+
+
 def grammar_text(kind: str, source) -> str:
     """llguidance's grammar for (kind, source); GuideError when the source is not of the kind."""
     from llguidance import LLMatcher
@@ -144,14 +157,7 @@ def grammar_text(kind: str, source) -> str:
             raise GuideError("json_object takes no source (it allows any JSON object)")
         return LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_LAYOUT)
     if kind == "json_schema":
-        schema = source
-        if isinstance(source, str):
-            try:
-                schema = json.loads(source)
-            except json.JSONDecodeError as err:
-                raise GuideError(f"the JSON schema is not valid JSON: {err}") from None
-        if not isinstance(schema, dict):
-            raise GuideError(f"a JSON schema must be a JSON object, got {type(schema).__name__}")
+        schema = schema_dict(source)
         try:
             return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT)
         except ValueError as err:

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from tokenforge.errors import GuideError
 from tokenforge.guides import MONITORS, GuideSpec
+from tokenforge.guides.grammar import schema_dict
 
 T = TypeVar("T")
 FinishReason = Literal["stop", "length", "guide"]  # "guide": a tokenforge extension
@@ -76,14 +77,12 @@ class TokenforgeExtension(BaseModel):
     @field_validator("guided_json")
     @classmethod
     def _json_text_is_an_object(cls, value: dict | str | None) -> dict | None:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"not valid JSON text ({err})") from None
-            if not isinstance(value, dict):
-                raise ValueError("a JSON schema must be a JSON object")
-        return value
+        if value is None:
+            return None
+        try:
+            return schema_dict(value)
+        except GuideError as err:
+            raise ValueError(str(err)) from None
 
 
 class JsonSchemaFormat(BaseModel):
