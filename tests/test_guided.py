@@ -268,3 +268,17 @@ def test_adaptive_sps_treats_a_chain_the_guide_cut_as_rejected(llama, monkeypatc
                               guide=Only({1, 2, 3}))
     assert set(out.token_ids) <= {1, 2, 3} and out.stats.guide["pruned_nodes"] > 0
     assert gammas and max(gammas) <= 5, gammas
+
+
+def test_guided_generations_leave_token_recyclings_size_search_alone(llama):
+    """A guide cuts drafts, so guided steps must not teach tree_size=auto (it is stored per model
+    and would carry into unguided generations)."""
+    from tokenforge.decoding.api import make_drafter
+
+    target, _, cases, _, _ = llama
+    drafter = make_drafter(target, "token-recycling")
+    tokenforge.generate(target, cases[0], drafter=drafter, max_new_tokens=24,
+                        guide=Rhythm(trigger=-1, chain=[]))
+    assert drafter.explored == 0
+    tokenforge.generate(target, cases[0], drafter=drafter, max_new_tokens=24)
+    assert drafter.explored > 0

@@ -263,6 +263,7 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
         if drafting:
             t = time.perf_counter()
             drafter.set_sampling(sampler)
+            drafter.guided = runner is not None
             drafter.begin(list(prompt_ids), target)
             stats.draft_s += time.perf_counter() - t
             schedule.begin(session)

@@ -25,6 +25,8 @@ class Drafter:
     name = "drafter"
     schedule: Schedule = SEQUENTIAL
     sampler: Sampler | None = None
+    guided = False  # this generation runs under a guide (set by the engine before begin): a
+    # guide cuts drafts, so what a drafter measures then is not what it would measure unguided
 
     def set_sampling(self, sampler: Sampler) -> None:
         """The generation's sampler: its parameters, and its Gumbel noise or random generator.

@@ -23,6 +23,7 @@ the most expected tokens per second. The cost curve, the exploration so far and 
 are stored per (model, device, dtype, backend) in the user cache (decoding/costs.py), so a new
 process starts where the last one stopped (short one-off generations finish the exploration
 over several runs); `calibrate=True` measures and explores again. `tree_size=N` fixes the size.
+Guided generations do not count toward the exploration (a guide's cuts would bias it).
 
 State (the matrix, the cost curve, the exploration counts) lives in the drafter object: the
 benchmark and the server keep one drafter per method, so it carries over between generations.
@@ -223,7 +224,7 @@ class TokenRecycling(Drafter):
         # so those slots keep what the matrix had
         self.matrix[rows] = np.where(torch.isfinite(values).cpu().numpy(), top.cpu().numpy(),
                                      self.matrix[rows])
-        if self.fixed_size is None and self.chosen_size is None and len(tree):
+        if self.fixed_size is None and self.chosen_size is None and len(tree) and not self.guided:
             # the engine may have verified a cut of the proposed tree (first chain, depth):
             # map its path back to the proposed tree's template indices
             proposed = tree.map_into(self._proposed)
