@@ -140,19 +140,12 @@ class Session:
                 tree = self.guide.prune(tree, ahead + forced)
         if forced:
             self.forced = forced
-            tree = tree.under_chain(forced) if len(tree) else TokenTree.chain(
-                forced, self._one_hot(forced))
+            if not len(tree) and not self.sampler.deterministic:
+                # the rejection sampler's draft rows for a chain alone: no draft after it
+                tree = TokenTree(draft_probs=torch.zeros(1, self.target.vocab_size))
+            tree = tree.under_chain(forced)
         self.stats.draft_s += time.perf_counter() - start
         return tree
-
-    def _one_hot(self, tokens: list[int]) -> torch.Tensor | None:
-        """Draft rows of a forced chain alone for the rejection sampler: q is the forced token
-        (its guided p is 1, so it is accepted), then no draft after the last one."""
-        if self.sampler.deterministic:
-            return None
-        q = torch.zeros(len(tokens) + 1, self.target.vocab_size)
-        q[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
-        return q
 
     def forward(self, root: int, tree: TokenTree) -> torch.Tensor:
         """One target forward over [root] + tree, appended after the cached tokens."""
@@ -246,8 +239,7 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
         done = max_new_tokens == 0
         if runner is not None:
             runner.begin(prompt_ids)
-        if not done and runner is not None:
-            if not apply_mask(logits[-1], runner.root_mask()):
+            if not done and not apply_mask(logits[-1], runner.root_mask()):
                 stopper.reason = "guide"
                 done = True
         if not done:
@@ -273,20 +265,15 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
             room = stopper.next_step(len(prompt_ids), limit, should_stop)
             if room is None:
                 break
-            if runner is not None:
-                t = time.perf_counter()
-                dead = runner.dead_end()  # the step's root mask, which verification reuses
-                stats.verify_s += time.perf_counter() - t
-                if dead:
-                    stopper.reason = "guide"
-                    break
+            # the step's root mask, which verification reuses
+            if runner is not None and _in_verify(stats, runner.dead_end):
+                stopper.reason = "guide"
+                break
             commit = schedule.step(session, prompt_ids + stopper.tokens, room)
             hist[commit.accepted] += 1
             kept = stopper.add(commit.tokens)
             if runner is not None:
-                t = time.perf_counter()
-                runner.advance(commit.tokens[:kept])
-                stats.verify_s += time.perf_counter() - t
+                _in_verify(stats, runner.advance, commit.tokens[:kept])
                 if commit.dead_end and not stopper.finished:
                     stopper.reason = "guide"
             if scorer is not None:
@@ -301,9 +288,7 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
             drafter.finish()
             stats.draft_s += time.perf_counter() - t
         if runner is not None:
-            t = time.perf_counter()
-            runner.end()
-            stats.verify_s += time.perf_counter() - t
+            _in_verify(stats, runner.end)
             stats.guide = runner.stats()
 
     stopper.close()
@@ -318,6 +303,15 @@ def run(target: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | No
     return Generation(text=stopper.text(), token_ids=stopper.tokens, stats=stats, method=method,
                       logprobs=scorer.tokens if logprobs is not None else None,
                       prompt_logprobs=prompt_scores)
+
+
+def _in_verify(stats: GenerationStats, fn: Callable, *args):
+    """Run guide work the session does not time, counting it in verify_s."""
+    start = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        stats.verify_s += time.perf_counter() - start
 
 
 class Logprobs:
