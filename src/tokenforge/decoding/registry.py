@@ -49,29 +49,35 @@ class Method:
 
     def parse(self, given: dict):
         """The options dataclass for `given` (missing keys take their defaults)."""
-        declared = self.options
-        unknown = set(given) - set(declared)
-        if unknown:
-            valid = ", ".join(sorted(declared)) or "none"
-            raise InvalidOptionError(f"unknown option(s) {', '.join(sorted(unknown))} for method "
-                                     f"'{self.name}'; valid options: {valid}")
-        values = {}
-        for key, spec in declared.items():
-            value = coerce(key, given.get(key, spec.default), spec.default)
-            if spec.choices and value not in spec.choices:
-                raise InvalidOptionError(f"option {self.name}.{key} must be one of "
-                                         f"{', '.join(map(str, spec.choices))}, got {value!r}")
-            values[key] = value
-        try:
-            return self.options_type(**values)
-        except (TypeError, ValueError) as err:
-            if isinstance(err, InvalidOptionError):
-                raise
-            raise InvalidOptionError(f"{self.name}: {err}") from None
+        return parse_options(self.options_type, self.name, given)
 
     def resolve_options(self, given: dict) -> dict:
         """The validated options as a plain dict (for results files and cache keys)."""
         return dataclasses.asdict(self.parse(given))
+
+
+def parse_options(options_type: type, name: str, given: dict):
+    """An options dataclass (fields declared with `option`) from `given`: CLI strings are
+    coerced to each default's type, unknown keys and bad values refused with one clear line."""
+    declared = {f.name: f.metadata["option"] for f in dataclasses.fields(options_type)}
+    unknown = set(given) - set(declared)
+    if unknown:
+        valid = ", ".join(sorted(declared)) or "none"
+        raise InvalidOptionError(f"unknown option(s) {', '.join(sorted(unknown))} for method "
+                                 f"'{name}'; valid options: {valid}")
+    values = {}
+    for key, spec in declared.items():
+        value = coerce(key, given.get(key, spec.default), spec.default)
+        if spec.choices and value not in spec.choices:
+            raise InvalidOptionError(f"option {name}.{key} must be one of "
+                                     f"{', '.join(map(str, spec.choices))}, got {value!r}")
+        values[key] = value
+    try:
+        return options_type(**values)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, InvalidOptionError):
+            raise
+        raise InvalidOptionError(f"{name}: {err}") from None
 
 
 def coerce(key: str, value, default):

@@ -25,6 +25,8 @@ DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_MODELS = {
     "demo": "Llama, 8.9M parameters, byte-level BPE (8k) trained on the Python stdlib",
     "demo-draft": "Llama, 1.4M parameters, same tokenizer; the draft for `demo`",
+    "demo-coder": "`demo` fine-tuned on the code-task lab's training tasks (`tokenforge "
+                  "eval-code`)",
 }
 _HUB_ID = re.compile(r"[\w.\-]+(/[\w.\-]+)?")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,

@@ -1,0 +1,1 @@
+"""Code tasks: the task generator, the sandbox and eval-code."""
