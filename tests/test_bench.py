@@ -466,7 +466,9 @@ def test_bundled_humaneval():
     data = load_dataset("humaneval")
     assert len(data.prompts) == 164 and data.prompts[0].id == "HumanEval/0"
     assert data.prompts[0].text.startswith("from typing import List")
-    assert (datasets.DATA_DIR / "humaneval.LICENSE").exists()
+    from tokenforge.tasks.taskset import DATA_DIR
+
+    assert (DATA_DIR / "humaneval.LICENSE").exists()
 
 
 def test_stdlib_heldout_reads_prefixes_of_the_listed_files(tmp_path, monkeypatch):

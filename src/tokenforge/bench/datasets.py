@@ -5,7 +5,7 @@ Both line formats are accepted in one file, detected line by line:
   prompt, sent through the tokenizer's chat template when the tokenizer has one;
 - plain: `{"prompt": "...", "category"?, "id"|"task_id"?}`: the text as it is (a completion prompt).
 
-Bundled sets: `humaneval` (the 164 HumanEval prompts, `data/humaneval.jsonl`) and `stdlib-heldout`
+Bundled sets: `humaneval` (the prompts of the 164 HumanEval tasks of `tasks/data`) and `stdlib-heldout`
 (prefixes of the standard-library files held out of the demo models' training, read from the
 running interpreter's stdlib with the list in `models/demo/training.json`).
 """
@@ -24,7 +24,6 @@ from tokenforge.decoding.api import encode_prompt
 from tokenforge.errors import DatasetError
 from tokenforge.models.load import DEMO_DIR, LoadedModel
 
-DATA_DIR = Path(__file__).parent / "data"
 PREFIX_CHARS = 1200  # stdlib-heldout: a file's first ~1200 characters (at most half of it)
 MIN_PREFIX_CHARS = 200  # shorter prefixes (small __init__.py files, ...) make no prompt
 
@@ -125,7 +124,11 @@ def encode(loaded: LoadedModel, prompt: Prompt) -> list[int]:
 
 
 def humaneval() -> tuple[list[Prompt], str]:
-    return read_jsonl(DATA_DIR / "humaneval.jsonl"), "OpenAI HumanEval prompts (MIT), bundled"
+    """The prompts of the code-task lab's HumanEval set (`tasks/data`, with its licence)."""
+    from tokenforge.tasks.taskset import humaneval as tasks
+
+    return ([Prompt(task.task_id, task.prompt) for task in tasks()],
+            "OpenAI HumanEval prompts (MIT), bundled")
 
 
 def stdlib_heldout() -> tuple[list[Prompt], str]:
