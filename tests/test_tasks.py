@@ -74,7 +74,7 @@ def test_a_rendering_bug_is_caught_at_generation_time(monkeypatch):
     import tokenforge.tasks.generator as gen
 
     fam = next(f for f in families() if f.name == "list/odd/square/sum")
-    monkeypatch.setattr(gen, "_code", lambda fam, arg, kf, km: f"sum(x for x in {arg})")
+    monkeypatch.setattr(gen, "_code", lambda fam, w: f"sum(x for x in {w.arg})")
     with pytest.raises(AssertionError, match="generator bug"):
         make_task(fam, random.Random(0), "t")
 

@@ -147,15 +147,16 @@ def train_demo_cmd(
 
 
 def _register_subsystem_commands() -> None:
-    """bench, serve, tokenizer, distill-draft and train-vuln live with their subsystems; each
-    adds itself."""
+    """bench, serve, tokenizer, distill-draft, train-vuln and the code-task commands live with
+    their subsystems; each adds itself."""
     from tokenforge.bench.cli import register as bench
     from tokenforge.guides.vuln import register as vuln
     from tokenforge.models.distill import register as distill
     from tokenforge.serve.cli import register as serve
+    from tokenforge.tasks.cli import register as tasks
     from tokenforge.tokenization.cli import register as tokenizer
 
-    for register in (bench, serve, tokenizer, distill, vuln):
+    for register in (bench, serve, tokenizer, distill, vuln, tasks):
         register(app)
 
 

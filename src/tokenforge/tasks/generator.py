@@ -31,7 +31,7 @@ import hashlib
 import random
 import string
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tokenforge.tasks.taskset import Task
 
@@ -115,27 +115,27 @@ FILTERS = (
     Stage("positive", "positive", "{v} > 0", lambda v, k, a: v > 0, ("int",)),
     Stage("negative", "negative", "{v} < 0", lambda v, k, a: v < 0, ("int",)),
     Stage("nonzero", "nonzero", "{v} != 0", lambda v, k, a: v != 0, ("int",)),
-    Stage("greater", "greater than {k}", "{v} > {k}", lambda v, k, a: v > k, ("int",),
-          constants=(1, 2, 3, 4, 5)),
-    Stage("less", "less than {k}", "{v} < {k}", lambda v, k, a: v < k, ("int",),
-          constants=(2, 3, 4, 5, 6)),
-    Stage("divisible", "divisible by {k}", "{v} % {k} == 0", lambda v, k, a: v % k == 0,
-          ("int",), constants=(3, 4, 5)),
-    Stage("longer", "longer than {k} letters", "len({v}) > {k}", lambda v, k, a: len(v) > k,
-          ("str",), constants=(2, 3, 4)),
-    Stage("shorter", "shorter than {k} letters", "len({v}) < {k}", lambda v, k, a: len(v) < k,
-          ("str",), constants=(3, 4, 5)),
-    Stage("vowel_start", "starting with a vowel", "{v}[0] in 'aeiouAEIOU'",
+    Stage("greater", "greater than {k}|above {k}|larger than {k}", "{v} > {k}",
+          lambda v, k, a: v > k, ("int",), constants=tuple(range(10))),
+    Stage("less", "less than {k}|below {k}|smaller than {k}", "{v} < {k}",
+          lambda v, k, a: v < k, ("int",), constants=tuple(range(1, 10))),
+    Stage("divisible", "divisible by {k}|that are multiples of {k}", "{v} % {k} == 0",
+          lambda v, k, a: v % k == 0, ("int",), constants=(2, 3, 4, 5, 6, 7)),
+    Stage("longer", "longer than {k} letters|with more than {k} letters", "len({v}) > {k}",
+          lambda v, k, a: len(v) > k, ("str",), constants=(1, 2, 3, 4, 5)),
+    Stage("shorter", "shorter than {k} letters|with fewer than {k} letters", "len({v}) < {k}",
+          lambda v, k, a: len(v) < k, ("str",), constants=(2, 3, 4, 5, 6)),
+    Stage("vowel_start", "starting with a vowel|that begin with a vowel", "{v}[0] in 'aeiouAEIOU'",
           lambda v, k, a: v[0] in VOWELS, ("str", "key")),
     Stage("capital", "capitalized", "{v}[0].isupper()", lambda v, k, a: v[0].isupper(), ("str",)),
     Stage("has_letter", "containing the letter '{k}'", "'{k}' in {v}", lambda v, k, a: k in v,
-          ("str", "key"), letters="aeo"),
+          ("str", "key"), letters="aeiorst"),
     Stage("vowel", "vowel", "{v} in 'aeiouAEIOU'", lambda v, k, a: v in VOWELS, ("char",)),
     Stage("digit", "digit", "{v}.isdigit()", lambda v, k, a: v.isdigit(), ("char",)),
     Stage("upper", "upper-case", "{v}.isupper()", lambda v, k, a: v.isupper(), ("char",)),
     Stage("letter", "letter", "{v}.isalpha()", lambda v, k, a: v.isalpha(), ("char",)),
     Stage("value_above", "with a value above {k}", "{a}[{v}] > {k}",
-          lambda v, k, a: a[v] > k, ("key",), constants=(0, 2, 5)),
+          lambda v, k, a: a[v] > k, ("key",), constants=tuple(range(11))),
     Stage("value_even", "with an even value", "{a}[{v}] % 2 == 0",
           lambda v, k, a: a[v] % 2 == 0, ("key",)),
 )
@@ -143,22 +143,22 @@ FILTERS = (
 # Maps: a transformation of the element; `out` is what it yields.
 MAPS = (
     Stage("same", "", "{v}", lambda v, k, a: v, ("int", "str", "char")),
-    Stage("square", "squares", "{v} * {v}", lambda v, k, a: v * v, ("int",)),
-    Stage("cube", "cubes", "{v} ** 3", lambda v, k, a: v**3, ("int",)),
+    Stage("square", "squares|squared values", "{v} * {v}", lambda v, k, a: v * v, ("int",)),
+    Stage("cube", "cubes|third powers", "{v} ** 3", lambda v, k, a: v**3, ("int",)),
     Stage("double", "doubles", "2 * {v}", lambda v, k, a: 2 * v, ("int",)),
-    Stage("negate", "negations", "-{v}", lambda v, k, a: -v, ("int",)),
-    Stage("abs", "absolute values", "abs({v})", lambda v, k, a: abs(v), ("int",)),
+    Stage("negate", "negations|negatives", "-{v}", lambda v, k, a: -v, ("int",)),
+    Stage("abs", "absolute values|magnitudes", "abs({v})", lambda v, k, a: abs(v), ("int",)),
     Stage("plus", "values plus {k}", "{v} + {k}", lambda v, k, a: v + k, ("int",),
-          constants=(1, 2, 3, 10)),
-    Stage("times", "values times {k}", "{v} * {k}", lambda v, k, a: v * k, ("int",),
-          constants=(3, 4, 5)),
-    Stage("mod", "remainders modulo {k}", "{v} % {k}", lambda v, k, a: v % k, ("int",),
-          constants=(3, 4, 7)),
+          constants=tuple(range(1, 13))),
+    Stage("times", "values times {k}|values multiplied by {k}", "{v} * {k}",
+          lambda v, k, a: v * k, ("int",), constants=tuple(range(2, 10))),
+    Stage("mod", "remainders modulo {k}|remainders after division by {k}", "{v} % {k}",
+          lambda v, k, a: v % k, ("int",), constants=tuple(range(2, 10))),
     Stage("upper", "upper-case forms", "{v}.upper()", lambda v, k, a: v.upper(), ("str", "char")),
     Stage("lower", "lower-case forms", "{v}.lower()", lambda v, k, a: v.lower(), ("str", "char")),
-    Stage("reverse", "reversals", "{v}[::-1]", lambda v, k, a: v[::-1], ("str",)),
-    Stage("first", "first letters", "{v}[0]", lambda v, k, a: v[0], ("str",), out="char"),
-    Stage("length", "lengths", "len({v})", lambda v, k, a: len(v), ("str",), out="int"),
+    Stage("reverse", "reversals|reversed forms", "{v}[::-1]", lambda v, k, a: v[::-1], ("str",)),
+    Stage("first", "first letters|initials", "{v}[0]", lambda v, k, a: v[0], ("str",), out="char"),
+    Stage("length", "lengths|letter counts", "len({v})", lambda v, k, a: len(v), ("str",), out="int"),
     Stage("title", "capitalized forms", "{v}.capitalize()", lambda v, k, a: v.capitalize(),
           ("str",)),
     Stage("value", "values", "{a}[{v}]", lambda v, k, a: a[v], ("key",), out="int"),
@@ -178,28 +178,34 @@ class Result:
 
 
 RESULTS = (
-    Result("sum", "the sum of {what}", "sum({g})", sum, ("int",), "sum_of"),
-    Result("count", "how many {what} there are", "sum(1 for {v} in {it}{cond})",
-           len, ("int", "str", "char", "key"), "count"),
-    Result("max", "the largest of {what}, or None if there are none", "max(({g}), default=None)",
+    Result("sum", "the sum of {what}|the total of {what}|{what}, added up", "sum({g})", sum,
+           ("int",), "sum_of"),
+    Result("count", "how many {what} there are|the number of {what}",
+           "sum(1 for {v} in {it}{cond})", len, ("int", "str", "char", "key"), "count"),
+    Result("max", "the largest of {what}, or None if there are none|the maximum of {what} "
+           "(None if there are none)", "max(({g}), default=None)",
            lambda xs: max(xs, default=None), ("int", "str", "char"), "largest"),
-    Result("min", "the smallest of {what}, or None if there are none", "min(({g}), default=None)",
+    Result("min", "the smallest of {what}, or None if there are none|the minimum of {what} "
+           "(None if there are none)", "min(({g}), default=None)",
            lambda xs: min(xs, default=None), ("int", "str", "char"), "smallest"),
-    Result("list", "the list of {what}, in order", "[{g}]", list,
-           ("int", "str", "char", "key"), "list"),
-    Result("sorted", "the list of {what}, sorted in increasing order", "sorted({g})", sorted,
-           ("int", "str", "char", "key"), "sorted"),
-    Result("desc", "the list of {what}, sorted in decreasing order", "sorted(({g}), reverse=True)",
+    Result("list", "the list of {what}, in order|{what} as a list, in their original order",
+           "[{g}]", list, ("int", "str", "char", "key"), "list"),
+    Result("sorted", "the list of {what}, sorted in increasing order|{what} in ascending "
+           "order, as a list", "sorted({g})", sorted, ("int", "str", "char", "key"), "sorted"),
+    Result("desc", "the list of {what}, sorted in decreasing order|{what} from largest to "
+           "smallest, as a list", "sorted(({g}), reverse=True)",
            lambda xs: sorted(xs, reverse=True), ("int", "str", "char", "key"), "descending"),
-    Result("distinct", "how many different {what} there are", "len({{{g}}})",
-           lambda xs: len(set(xs)), ("int", "str", "char", "key"), "distinct"),
-    Result("any", "whether there is at least one of {what}", "any(True for {v} in {it}{cond})",
-           lambda xs: len(xs) > 0, ("int", "str", "char", "key"), "has"),
-    Result("join", "{what} joined with spaces", "' '.join({g})", " ".join, ("str", "char"),
-           "joined"),
-    Result("concat", "{what} joined into one string", "''.join({g})", "".join, ("str", "char"),
-           "concat"),
-    Result("by_length", "the list of {what}, sorted by length and then alphabetically",
+    Result("distinct", "how many different {what} there are|the number of distinct {what}",
+           "len({{{g}}})", lambda xs: len(set(xs)), ("int", "str", "char", "key"), "distinct"),
+    Result("any", "whether there is at least one of {what}|whether any of {what} exist",
+           "any(True for {v} in {it}{cond})", lambda xs: len(xs) > 0,
+           ("int", "str", "char", "key"), "has"),
+    Result("join", "{what} joined with spaces|{what} separated by single spaces, as one string",
+           "' '.join({g})", " ".join, ("str", "char"), "joined"),
+    Result("concat", "{what} joined into one string|{what} concatenated", "''.join({g})",
+           "".join, ("str", "char"), "concat"),
+    Result("by_length", "the list of {what}, sorted by length and then alphabetically|{what} "
+           "ordered by length, ties broken alphabetically",
            "sorted(({g}), key=lambda {v}: (len({v}), {v}))",
            lambda xs: sorted(xs, key=lambda w: (len(w), w)), ("str",), "by_length"),
 )
@@ -209,24 +215,37 @@ NOUNS = {"int": "numbers", "str": "words", "char": "characters", "key": "keys"}
 SOURCE_NOUNS = {"digits": "digits", "range": "numbers", "dict": "keys"}
 
 
+def _adjective(stage: Stage) -> bool:
+    """A one-word filter reads before the noun ("the odd numbers"), a longer one after it."""
+    return " " not in stage.phrase.split("|")[0]
+
+
 @dataclass(frozen=True)
 class Family:
+    """One composition: source, filter, a second filter (`extra`, "all" when none: an
+    adjective and a phrase after the noun, "the odd numbers greater than 3", joined by `and`),
+    map and result."""
+
     source: Source
     filter: Stage
+    extra: Stage
     map: Stage
     result: Result
 
     @property
     def name(self) -> str:
-        return f"{self.source.name}/{self.filter.name}/{self.map.name}/{self.result.name}"
+        filters = self.filter.name + ("" if self.extra.name == "all" else f"+{self.extra.name}")
+        return f"{self.source.name}/{filters}/{self.map.name}/{self.result.name}"
 
     @property
     def heldout(self) -> bool:
         return int(hashlib.sha1(self.name.encode()).hexdigest(), 16) % HELDOUT_EVERY == 0
 
 
-def _valid(source: Source, filt: Stage, mapping: Stage, result: Result) -> bool:
-    if source.kind not in filt.kinds:
+def _valid(source: Source, filt: Stage, extra: Stage, mapping: Stage, result: Result) -> bool:
+    if source.kind not in filt.kinds or source.kind not in extra.kinds:
+        return False
+    if extra.name != "all" and (filt.name == "all" or not _adjective(filt) or _adjective(extra)):
         return False
     if source.name == "range" and filt.name in ("positive", "negative", "nonzero"):
         return False  # always or never true of 1..n
@@ -250,17 +269,29 @@ def _valid(source: Source, filt: Stage, mapping: Stage, result: Result) -> bool:
 
 def families() -> list[Family]:
     """Every valid composition, in a stable order."""
-    return [Family(s, f, m, r) for s in SOURCES for f in FILTERS for m in MAPS for r in RESULTS
-            if _valid(s, f, m, r)]
+    return [Family(s, f, e, m, r) for s in SOURCES for f in FILTERS for e in FILTERS
+            for m in MAPS for r in RESULTS if _valid(s, f, e, m, r)]
 
 
-@dataclass
-class Instance:
-    family: Family
+@dataclass(frozen=True)
+class Wording:
+    """One instance's choices: argument name, constants and the phrasing of each stage."""
+
     arg: str
     k_filter: object
+    k_extra: object
     k_map: object
-    name: str = field(default="")
+    filter: str
+    extra: str
+    map: str
+    result: str
+
+    @classmethod
+    def draw(cls, fam: Family, rng: random.Random) -> Wording:
+        say = lambda stage: rng.choice(stage.phrase.split("|"))  # noqa: E731
+        return cls(rng.choice(fam.source.arg_alts), _constant(fam.filter, rng),
+                   _constant(fam.extra, rng), _constant(fam.map, rng), say(fam.filter),
+                   say(fam.extra), say(fam.map), say(fam.result))
 
 
 def _constant(stage: Stage, rng: random.Random):
@@ -271,38 +302,40 @@ def _constant(stage: Stage, rng: random.Random):
     return None
 
 
-def _what(fam: Family, arg: str, kf, km) -> str:
-    """The noun phrase: "the squares of the odd numbers in xs". A one-word filter reads as an
-    adjective before the noun ("the odd numbers"), a longer one after it ("the words longer
-    than 3 letters")."""
+def _what(fam: Family, w: Wording) -> str:
+    """The noun phrase: "the squares of the odd numbers greater than 3 in xs"."""
     noun = SOURCE_NOUNS.get(fam.source.name, NOUNS[fam.source.kind])
-    phrase = fam.filter.phrase.format(k=kf)
+    phrase = w.filter.format(k=w.k_filter)
     if not phrase:
         base = f"the {noun}"
-    elif " " in phrase:
-        base = f"the {noun} {phrase}"
-    else:
+    elif _adjective(fam.filter):
         base = f"the {phrase} {noun}"
-    base += " " + fam.source.phrase.format(a=arg)
+    else:
+        base = f"the {noun} {phrase}"
+    if fam.extra.name != "all":
+        base += " " + w.extra.format(k=w.k_extra)
+    base += " " + fam.source.phrase.format(a=w.arg)
     if fam.map.name != "same":
-        base = f"the {fam.map.phrase.format(k=km)} of {base}"
+        base = f"the {w.map.format(k=w.k_map)} of {base}"
     return base
 
 
-def _code(fam: Family, arg: str, kf, km) -> str:
+def _code(fam: Family, w: Wording) -> str:
     v = fam.source.var
-    it = fam.source.iterate.format(a=arg)
-    cond = fam.filter.code.format(v=v, k=kf, a=arg)
-    cond = f" if {cond}" if cond else ""
-    expr = fam.map.code.format(v=v, k=km, a=arg)
+    it = fam.source.iterate.format(a=w.arg)
+    conds = [stage.code.format(v=v, k=k, a=w.arg)
+             for stage, k in ((fam.filter, w.k_filter), (fam.extra, w.k_extra)) if stage.code]
+    cond = f" if {' and '.join(conds)}" if conds else ""
+    expr = fam.map.code.format(v=v, k=w.k_map, a=w.arg)
     g = f"{expr} for {v} in {it}{cond}"
     return fam.result.template.format(g=g, v=v, it=it, cond=cond)
 
 
-def _meaning(fam: Family, kf, km) -> Callable:
+def _meaning(fam: Family, w: Wording) -> Callable:
     def solve(a):
-        kept = [v for v in fam.source.items(a) if fam.filter.fn(v, kf, a)]
-        return fam.result.fn([fam.map.fn(v, km, a) for v in kept])
+        kept = [v for v in fam.source.items(a)
+                if fam.filter.fn(v, w.k_filter, a) and fam.extra.fn(v, w.k_extra, a)]
+        return fam.result.fn([fam.map.fn(v, w.k_map, a) for v in kept])
     return solve
 
 
@@ -310,8 +343,7 @@ def _function_name(fam: Family) -> str:
     parts = [fam.result.prefix]
     if fam.map.name != "same":
         parts.append(fam.map.name)
-    if fam.filter.name != "all":
-        parts.append(fam.filter.name)
+    parts += [stage.name for stage in (fam.filter, fam.extra) if stage.name != "all"]
     parts.append(fam.source.name)
     return "_".join(parts)
 
@@ -319,10 +351,9 @@ def _function_name(fam: Family) -> str:
 def make_task(fam: Family, rng: random.Random, task_id: str) -> Task | None:
     """One instance of `fam`, or None when its tests do not tell solutions apart (e.g. every
     hidden input gives the same answer)."""
-    arg = rng.choice(fam.source.arg_alts)
-    kf, km = _constant(fam.filter, rng), _constant(fam.map, rng)
+    w = Wording.draw(fam, rng)
     name = _function_name(fam)
-    solve = _meaning(fam, kf, km)
+    solve = _meaning(fam, w)
     inputs = list(fam.source.edge)
     while len(inputs) < HIDDEN_TESTS + 3:
         value = fam.source.values(rng)
@@ -334,13 +365,13 @@ def make_task(fam: Family, rng: random.Random, task_id: str) -> Task | None:
         return None  # e.g. first letter of an empty word: the family does not fit this input
     if len({repr(e) for e in expected}) < 3:
         return None
-    body = f"    return {_code(fam, arg, kf, km)}\n"
+    body = f"    return {_code(fam, w)}\n"
     examples = [len(fam.source.edge), len(fam.source.edge) + 1, len(fam.source.edge) - 1]
-    doc_lines = [f"Return {fam.result.phrase.format(what=_what(fam, arg, kf, km))}."]
+    doc_lines = [f"Return {w.result.format(what=_what(fam, w))}."]
     for i in examples:
         doc_lines += [f">>> {name}({inputs[i]!r})", repr(expected[i])]
     doc = "\n    ".join(doc_lines)
-    prompt = f'def {name}({arg}):\n    """{doc}\n    """\n'
+    prompt = f'def {name}({w.arg}):\n    """{doc}\n    """\n'
     public = [f"assert {name}({inputs[i]!r}) == {expected[i]!r}" for i in examples]
     hidden = [f"assert {name}({x!r}) == {e!r}" for i, (x, e) in enumerate(zip(inputs, expected))
               if i not in examples][:HIDDEN_TESTS]
