@@ -164,9 +164,9 @@ one-line Python functions composed from list, string, integer and dict primitive
   training families; no held-out family is seen), prompt followed by the reference body and
   EOS, loss on the body and EOS only; {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW lr
   {cfg['lr']} with {cfg['warmup']} warm-up steps and cosine decay, bfloat16 autocast,
-  {record['steps']} steps in {record['wall_time_s'] / 60:.0f} min on a 2-core CPU ({cfg['threads']} threads, torch
-  {record['torch']}, Python {record['python']}). Weights: float16 safetensors,
-  {record['file_bytes'] / 1e6:.1f} MB.
+  {record['steps']} steps in {record['wall_time_s'] / 60:.0f} min on a 2-core CPU
+  ({cfg['threads']} threads, torch {record['torch']}, Python {record['python']}). Weights:
+  float16 safetensors, {record['file_bytes'] / 1e6:.1f} MB.
 - AdaDec's entropy threshold, fitted on 300 new instances of the training families
   (`adadec.json`): {record['adadec_threshold']:.3f} nats.
 - Pass rates: greedy decoding, programs cut at the first top-level line, hidden tests run in

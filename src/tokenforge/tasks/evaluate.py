@@ -377,6 +377,7 @@ def plot(summary: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, (ax_tokens, ax_programs) = plt.subplots(1, 2, figsize=(10, 4))
     for name, entry in summary["summary"].items():
@@ -387,14 +388,20 @@ def plot(summary: dict, path: Path) -> None:
             tokens = [b["tokens_forwarded"] for b in budgets.values()]
             ax_tokens.plot(tokens, rates, "o-", label=name)
             ax_programs.plot(programs, rates, "o-", label=name)
+            for budget, x_tokens, x_programs, y in zip(budgets, tokens, programs, rates):
+                ax_tokens.annotate(budget, (x_tokens, y), textcoords="offset points",
+                                   xytext=(4, -10), fontsize=7)
+                ax_programs.annotate(budget, (x_programs, y), textcoords="offset points",
+                                     xytext=(4, -10), fontsize=7)
         else:
             key = "pass@1"
             ax_tokens.plot([entry["tokens_forwarded"]], [100 * entry[key]["rate"]], "s",
                            label=f"{name} ({key})")
             ax_programs.plot([0], [100 * entry[key]["rate"]], "s", label=f"{name} ({key})")
     ax_tokens.set_xscale("log")
+    ax_tokens.xaxis.set_minor_formatter(NullFormatter())
     ax_tokens.set_xlabel("tokens forwarded per task (log)")
-    ax_programs.set_xlabel("programs executed per task (public tests)")
+    ax_programs.set_xlabel("programs executed per task (public tests; labels: budget)")
     for ax in (ax_tokens, ax_programs):
         ax.set_ylabel("hidden-test pass rate (%)")
         ax.grid(alpha=0.3)
