@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenforge.decoding.api import encode_prompt
 from tokenforge.decoding.engine import eos_token_ids
 from tokenforge.decoding.stopper import Stopper
 from tokenforge.decoding.strategies.adadec import AdaDecOptions
@@ -178,11 +179,11 @@ class Evaluator:
         """`draws` samples in one batched `generate` (seeded per task)."""
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
         start = time.perf_counter()
-        ids = tokenizer(task.prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        ids = torch.tensor([encode_prompt(self.loaded, task.prompt)], device=self.loaded.device)
         torch.manual_seed(self.cfg.seed * 1_000_003 + index)
         with torch.no_grad():
             out = model.generate(
-                ids.to(self.loaded.device), attention_mask=torch.ones_like(ids),
+                ids, attention_mask=torch.ones_like(ids),
                 do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0,
                 max_new_tokens=self.rule.max_new_tokens, num_return_sequences=self.cfg.draws,
                 stop_strings=list(self.rule.stop_strings), tokenizer=tokenizer,
