@@ -150,6 +150,9 @@ def test_demo_coder_ships_with_its_card_and_threshold(coder):
     (["--option", "pg-td.top_k=zero"], "expects an integer"),
     (["--option", "adadec.beam=1"], "beam must be"),
     (["--tasks", "nope"], "unknown task set"),
+    (["--option", "pg-td.rollouts=4"], "come from --budgets"),
+    (["--method", "nope"], "nope"),
+    (["--decoder", "adadec", "--threshold", "no-such-file"], "neither a number"),
 ])
 def test_cli_errors_are_one_line(args, message, tmp_path):
     base = ["eval-code", "--model", "demo-coder", "--tasks", "lab-heldout", "--out", str(tmp_path)]

@@ -7,12 +7,16 @@ import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tokenforge.cli_common import finite
 from tokenforge.errors import InvalidOptionError
+
+if TYPE_CHECKING:
+    from tokenforge.decoding.strategies.adadec import AdaDecOptions
+    from tokenforge.decoding.strategies.pg_td import PGTDOptions
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -37,6 +41,9 @@ def threshold_for(loaded, given: str | None, out: Path, log) -> float:
         try:
             return float(given)
         except ValueError:
+            if not Path(given).is_file():
+                raise InvalidOptionError(f"--threshold '{given}' is neither a number of nats nor "
+                                         "a fit file (write one with `tokenforge fit-adadec`)") from None
             return ThresholdFit.load(Path(given)).threshold
     bundled = Path(loaded.model.name_or_path) / "adadec.json"
     if bundled.is_file():
@@ -87,15 +94,20 @@ def eval_code(
     from tokenforge import load_model
     from tokenforge.bench.cli import parse_method_options
     from tokenforge.bench.system import environment
+    from tokenforge.decoding.registry import get_method
     from tokenforge.tasks.evaluate import EvalConfig, evaluate, write_outputs
     from tokenforge.tasks.sandbox import Limits, Sandbox
     from tokenforge.tasks.taskset import load_tasks
 
+    get_method(method)  # an unknown method fails before a model loads
     options = parse_method_options(option)
     unknown = set(options) - {"adadec", "pg-td"}
     if unknown:
         raise InvalidOptionError(f"--option names decoder(s) {', '.join(sorted(unknown))} that "
                                  "take no options: only adadec.KEY=VALUE and pg-td.KEY=VALUE")
+    if "rollouts" in options.get("pg-td", {}):
+        raise InvalidOptionError("pg-td's rollouts come from --budgets (the largest budget; the "
+                                 "smaller ones are read from the same run)")
     cfg = EvalConfig(decoders=tuple(d.strip() for d in decoder.split(",") if d.strip()), n=n,
                      budgets=_ints(budgets, "--budgets"), temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, seed=seed, method=method)
@@ -119,7 +131,8 @@ def eval_code(
     typer.echo((out / "report.md").read_text())
 
 
-def parse_decoder_options(options: dict[str, dict[str, str]]) -> tuple[dict, dict]:
+def parse_decoder_options(options: dict[str, dict[str, str]]) -> tuple[AdaDecOptions,
+                                                                          PGTDOptions]:
     """Typed AdaDec and PG-TD options (validated now, before a model loads)."""
     from tokenforge.decoding.registry import parse_options
     from tokenforge.decoding.strategies.adadec import AdaDecOptions
