@@ -173,3 +173,11 @@ def test_cli_writes_results_report_and_plot(tmp_path):
     assert len((out / "tasks.jsonl").read_text().splitlines()) == 3
     assert (out / "pass_vs_compute.png").stat().st_size > 10_000
     assert "| greedy |" in (out / "report.md").read_text()
+
+
+def test_models_lists_demo_coder_with_its_pass_rate(coder):
+    record = json.loads(open(f"{coder.model.name_or_path}/training.json").read())
+    rate = 100 * record["greedy_pass@1"]["lab-heldout"]["rate"]
+    result = CliRunner().invoke(app, ["models"])
+    line = next(line for line in result.output.splitlines() if line.startswith("demo-coder"))
+    assert f"greedy pass@1 {rate:.1f}% on lab-heldout" in line

@@ -120,8 +120,12 @@ def models():
     info = json.loads(record.read_text())["models"] if record.exists() else {}
     for name, desc in DEMO_MODELS.items():
         extra = info.get(name, {})
-        ppl = f", held-out perplexity {extra['heldout_perplexity']}" if extra else ""
-        typer.echo(f"{name:<11} {desc}{ppl}")
+        figure = f", held-out perplexity {extra['heldout_perplexity']}" if extra else ""
+        own = DEMO_DIR / name / "training.json"  # demo-coder keeps its own record
+        if not extra and own.exists():
+            rate = json.loads(own.read_text()).get("greedy_pass@1", {}).get("lab-heldout")
+            figure = f", greedy pass@1 {100 * rate['rate']:.1f}% on lab-heldout" if rate else ""
+        typer.echo(f"{name:<11} {desc}{figure}")
     typer.echo("Any local directory with config.json + safetensors, or a hub id, also works.")
 
 
