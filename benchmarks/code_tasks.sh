@@ -7,7 +7,7 @@
 # lab task and on the first $HE_SEARCH HumanEval tasks (PG-TD on HumanEval is minutes per task
 # here: every rollout runs to the token budget).
 # Runs the three sets two at a time (2 cores, one torch thread each). Writes $OUT/<set>/
-# (results.json, tasks.jsonl, report.md, pass_vs_compute.png) and $OUT/*.log. About 40 minutes
+# (results.json, tasks.jsonl, report.md, pass_vs_compute.png) and $OUT/*.log. About 20 minutes
 # on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -144,9 +144,7 @@ class Evaluator:
 
     def decode(self, task: Task, index: int) -> dict[str, Decoded]:
         out: dict[str, Decoded] = {}
-        samples = None
-        if self.cfg.draws:
-            samples = self._sample(task, index)
+        samples = self._sample(task, index) if self.cfg.draws else None
         for name in self.cfg.decoders:
             if name == "greedy":
                 out[name] = self._greedy(task)
@@ -264,7 +262,7 @@ def score(tasks: list[Task], decoded: list[dict[str, Decoded]], sandbox: Sandbox
              for name, run in runs.items()} for i, runs in enumerate(decoded)]
 
 
-def summarise(cfg: EvalConfig, tasks: list[Task], decoded: list[dict[str, Decoded]],
+def summarise(cfg: EvalConfig, decoded: list[dict[str, Decoded]],
               verdicts: list[dict[str, list[bool]]]) -> dict:
     """Per decoder: pass rates with 95% bootstrap intervals over tasks, and mean compute."""
     summary = {}
@@ -323,7 +321,7 @@ def evaluate(loaded: LoadedModel, tasks: list[Task], cfg: EvalConfig, sandbox: S
     decode_s = time.perf_counter() - start
     log(f"decoded {len(tasks)} tasks in {decode_s:.0f}s; scoring on hidden tests")
     verdicts = score(tasks, decoded, sandbox, progress)
-    return {"summary": summarise(cfg, tasks, decoded, verdicts),
+    return {"summary": summarise(cfg, decoded, verdicts),
             "tasks": per_task_rows(tasks, decoded, verdicts),
             "decode_s": round(decode_s, 1), "total_s": round(time.perf_counter() - start, 1)}
 

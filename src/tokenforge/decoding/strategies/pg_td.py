@@ -68,7 +68,7 @@ class PGTDOptions:
     c: float = option(4.0, "P-UCB exploration constant")
     c_base: float = option(10.0, "P-UCB base")
     backup: str = option("max", "Q(s, a): the max or the mean of the rewards backed up through "
-                                "it", choices=BACKUPS)
+                                "it")
     early_stop: bool = option(False, "stop at the first program with reward 1.0")
 
     def __post_init__(self):
