@@ -54,7 +54,7 @@ def test_registry_declares_options_once_and_refuses_duplicates():
         width: int = option(4, "how wide")
         name: str = option("a", "a choice", choices=("a", "b"))
 
-    registry = Registry()
+    registry = Registry((), "toy")
     method = registry.register(Method("toy", "-", "a toy", build=None, options_type=Opts))
     assert method.options["width"].default == 4 and method.options["width"].help == "how wide"
     assert method.parse({"width": "7"}) == Opts(width=7)

@@ -82,6 +82,9 @@ def bench(
         help="replay an earlier results.json: its recorded tree sizes (unless set with "
              "--method-option) and its cost curves")] = None,
     progress: Annotated[bool, typer.Option(help="live progress bar on stderr")] = True,
+    ar_model: Annotated[str, typer.Option(
+        help="diffusion models: the AR model that judges the outputs (bits per byte) and runs "
+             "the AR methods named in --methods")] = "demo",
     json_schema: JsonSchemaOption = None,
     json_object: JsonObjectOption = False,
     regex: RegexOption = None,
@@ -96,6 +99,14 @@ def bench(
     names = parse_methods(methods)  # before the imports: a mistake is refused at once
     spec = guide_spec(json_schema, json_object, regex, grammar, monitor, repilot,
                       deny_vulnerabilities)
+    from tokenforge.dllm.model import is_dllm_checkpoint
+
+    if is_dllm_checkpoint(model):
+        if spec is not None or draft_model or temperature or calibration_from:
+            raise InvalidOptionError("a diffusion model's benchmark is greedy and takes no guide, "
+                                     "draft model or calibration file")
+        return bench_diffusion(model, names, dataset, out, ar_model, limit, max_new_tokens,
+                               device, warmup, progress)
     from tokenforge.bench.report import markdown_table, write_outputs
     from tokenforge.bench.runner import BenchConfig, run_bench
 
@@ -110,6 +121,29 @@ def bench(
     data = write_outputs(result, out, shlex.join(["tokenforge", *sys.argv[1:]]))
     typer.echo(markdown_table(data))
     typer.echo(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'speedup.png'}")
+
+
+def bench_diffusion(model: str, names: list[str], dataset: str, out: Path, ar_model: str,
+                    limit: int | None, gen_length: int, device: str, warmup: int,
+                    progress: bool) -> None:
+    """`tokenforge bench` on a masked-diffusion model: settings `name[:key=value...]`, `all` for
+    every diffusion decoder at its defaults (tokenforge.dllm.bench)."""
+    from tokenforge.dllm.bench import (
+        DiffusionBenchConfig,
+        markdown,
+        run_diffusion_bench,
+        write_outputs,
+    )
+    from tokenforge.dllm.registry import all_decoders
+
+    if names == ["all"]:
+        names = [m.name for m in all_decoders()]
+    config = DiffusionBenchConfig(model, names, dataset, ar_model, limit, gen_length, device,
+                                  warmup)
+    data = run_diffusion_bench(config, progress=progress)
+    write_outputs(data, out, shlex.join(["tokenforge", *sys.argv[1:]]))
+    typer.echo(markdown(data))
+    typer.echo(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'speed_quality.png'}")
 
 
 def register(app: typer.Typer) -> None:

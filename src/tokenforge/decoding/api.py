@@ -10,6 +10,8 @@ from tokenforge.decoding.drafters.base import Drafter
 from tokenforge.decoding.engine import Generation
 from tokenforge.decoding.registry import get_method
 from tokenforge.decoding.sampling import SamplingParams, is_integer
+from tokenforge.dllm.model import is_dllm
+from tokenforge.dllm.registry import is_diffusion_method
 from tokenforge.errors import InvalidOptionError, PromptError
 from tokenforge.guides import Guide, GuideSpec, make_guide
 from tokenforge.models.load import LoadedModel, load_model
@@ -61,6 +63,12 @@ def generate(model: LoadedModel | str, prompt: str | list[int], method: str = "v
     `make_guide`) constrains the new tokens; then finish_reason "guide" says it allowed none.
     """
     model = _loaded(model, "model")
+    if is_dllm(model.model) or is_diffusion_method(method):
+        return _diffuse(model, prompt, method, max_new_tokens, temperature, seed, on_text,
+                        unsupported={"draft": draft, "drafter": drafter, "stop": stop,
+                                     "logprobs": logprobs, "guide": guide, "top_k": top_k or None,
+                                     "top_p": None if top_p == 1.0 else top_p,
+                                     "echo": echo or None}, **options)
     draft = _loaded(draft, "draft") if draft is not None else None
     minimum = 0 if echo else 1
     if not is_integer(max_new_tokens) or max_new_tokens < minimum:
@@ -94,6 +102,22 @@ def generate(model: LoadedModel | str, prompt: str | list[int], method: str = "v
                       sampling, max_new_tokens, model.context_length, list(stop or []) or None,
                       on_text, should_stop=should_stop, logprobs=logprobs, echo=echo,
                       method=method, guide=guide)
+
+
+def _diffuse(model: LoadedModel, prompt, method: str, max_new_tokens: int, temperature: float,
+             seed: int | None, on_text, unsupported: dict, **options):
+    """A masked-diffusion model's generation (tokenforge.dllm.diffuse); the text is handed to
+    `on_text` once the canvas is filled."""
+    from tokenforge.dllm.api import check_pairing, diffuse
+
+    check_pairing(model.model, method)
+    given = [name for name, value in unsupported.items() if value is not None]
+    if given:
+        raise InvalidOptionError(f"the diffusion decoders do not take {', '.join(given)}")
+    result = diffuse(model, prompt, method, max_new_tokens, temperature, seed, **options)
+    if on_text is not None and result.text:
+        on_text(result.text)
+    return result
 
 
 def _loaded(model, role: str) -> LoadedModel:

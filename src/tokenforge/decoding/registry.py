@@ -115,13 +115,14 @@ def require_positive(**values) -> None:
 class Registry:
     """Every decoding method by name; built-in methods are imported on first use."""
 
-    def __init__(self):
+    def __init__(self, packages: tuple[str, ...], family: str):
+        self.packages, self.family = packages, family
         self.methods: dict[str, Method] = {}
         self._loaded = False
 
     def register(self, method: Method) -> Method:
         if method.name in self.methods:
-            raise ValueError(f"a decoding method named '{method.name}' is already registered")
+            raise ValueError(f"a {self.family} method named '{method.name}' is already registered")
         self.methods[method.name] = method
         return method
 
@@ -144,13 +145,14 @@ class Registry:
         import importlib
         import pkgutil
 
-        for package in ("drafters", "schedules"):
-            pkg = importlib.import_module(f"tokenforge.decoding.{package}")
+        for package in self.packages:
+            pkg = importlib.import_module(package)
             for info in pkgutil.iter_modules(pkg.__path__):
                 importlib.import_module(f"{pkg.__name__}.{info.name}")
 
 
-REGISTRY = Registry()
+REGISTRY = Registry(("tokenforge.decoding.drafters", "tokenforge.decoding.schedules"),
+                    "decoding")
 register = REGISTRY.register
 get_method = REGISTRY.get
 all_methods = REGISTRY.all

@@ -27,6 +27,8 @@ DEMO_MODELS = {
     "demo-draft": "Llama, 1.4M parameters, same tokenizer; the draft for `demo`",
     "demo-coder": "`demo` fine-tuned on the code-task lab's training tasks (`tokenforge "
                   "eval-code`)",
+    "demo-dllm": "masked-diffusion Llama (bidirectional), `demo` adapted with the MDLM "
+                 "objective; for the diffusion decoders (llada, fast-dllm, ...)",
 }
 _HUB_ID = re.compile(r"[\w.\-]+(/[\w.\-]+)?")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,

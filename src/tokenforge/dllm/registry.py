@@ -1,0 +1,43 @@
+"""The diffusion decoders by name, registered like the AR methods (`decoding.registry`): each
+file under `dllm/decoders/` registers a `Method` whose `build(dlm, options)` returns a
+`Decoder`: the rule that picks the positions to fill and the forwarder that computes logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenforge.decoding.registry import Registry, option, require_positive
+from tokenforge.dllm.loop import Forwarder, Rule
+
+DIFFUSION = Registry(("tokenforge.dllm.decoders",), "diffusion decoding")
+register = DIFFUSION.register
+
+
+def get_decoder(name: str):
+    return DIFFUSION.get(name)
+
+
+def all_decoders():
+    return DIFFUSION.all()
+
+
+def is_diffusion_method(name: str) -> bool:
+    DIFFUSION.all()
+    return name in DIFFUSION.methods
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """Options every diffusion decoder has: the semi-autoregressive block length."""
+
+    block_length: int = option(32, "positions per block, filled left to right")
+
+    def __post_init__(self):
+        require_positive(block_length=self.block_length)
+
+
+@dataclass
+class Decoder:
+    rule: Rule
+    forwarder: type[Forwarder]
+    block_length: int

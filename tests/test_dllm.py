@@ -1,0 +1,204 @@
+"""The diffusion family: the bidirectional forward and its caches, the one loop, every registered
+decoder, the reference decoder against a straightforward implementation, routing and the bench."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tokenforge.decoding.api import generate
+from tokenforge.dllm.api import diffuse, make_decoder
+from tokenforge.dllm.model import DLLM_KEY, MASK_TOKEN, DiffusionLM, is_dllm_checkpoint
+from tokenforge.dllm.registry import all_decoders
+from tokenforge.errors import InvalidOptionError, PromptError
+from tokenforge.models.load import DEMO_DIR, LoadedModel, load_model
+
+PROMPT = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n"
+
+
+def tiny_dllm(seed: int = 0, peak: float = 8.0) -> LoadedModel:
+    """A random 2-layer diffusion Llama on demo's tokenizer; `peak` scales the output layer so
+    that predictions are confident enough for the threshold rules to commit several at once."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR / "demo")
+    tokenizer.add_special_tokens({"additional_special_tokens": [MASK_TOKEN]})
+    mask = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                         max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    setattr(config, DLLM_KEY, {"mask_token_id": mask, "shift": True, "train_len": 128})
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(peak)
+    return LoadedModel(model, tokenizer, "tiny-dllm")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    return tiny_dllm()
+
+
+@pytest.fixture(scope="module")
+def dlm(tiny) -> DiffusionLM:
+    return DiffusionLM(tiny)
+
+
+def canvas(dlm: DiffusionLM, masks: int = 24) -> torch.Tensor:
+    ids = dlm.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids + [dlm.mask_id] * masks)
+
+
+def test_forward_is_the_transformers_model_with_full_attention(dlm):
+    ids = canvas(dlm)[None]
+    n = ids.shape[1]
+    mine = dlm.logits(dlm.forward(ids, torch.arange(n)).hidden)
+    full = dlm.model(input_ids=ids, attention_mask=torch.ones(1, 1, n, n, dtype=torch.bool)).logits
+    causal = dlm.model(input_ids=ids).logits
+    torch.testing.assert_close(mine, full.float(), rtol=1e-4, atol=1e-4)
+    assert (mine - causal).abs().max() > 1e-2  # really bidirectional
+
+
+@pytest.mark.parametrize("keep", ["prefix", "dual"])
+def test_a_cache_from_the_same_canvas_gives_the_full_forward(dlm, keep):
+    ids = canvas(dlm)
+    start, stop = len(ids) - 24, len(ids) - 16
+    full, out = dlm.predict(ids, start, stop, collect=True)
+    pos = out.cache.positions
+    first = start - 1  # shifted: position p is predicted from p - 1
+    cached = out.cache.select(pos < first) if keep == "prefix" else \
+        out.cache.select((pos < first) | (pos >= stop))
+    until = len(ids) if keep == "prefix" else None
+    logits, _ = dlm.predict(ids, start, stop, cached, until)
+    torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)
+
+
+def test_the_dual_cache_drifts_once_the_block_changes(dlm):
+    """Fast-dLLM's caches are approximate: after the block's first commits, the cached suffix was
+    computed against the old block. The drift is real and measurable."""
+    ids = canvas(dlm)
+    start, stop = len(ids) - 24, len(ids) - 16
+    _, out = dlm.predict(ids, start, stop, collect=True)
+    pos = out.cache.positions
+    cached = out.cache.select((pos < start - 1) | (pos >= stop))
+    ids[start:start + 4] = torch.tensor([11, 12, 13, 14])
+    exact, _ = dlm.predict(ids, start, stop)
+    approx, _ = dlm.predict(ids, start, stop, cached)
+    assert (exact - approx).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("method", [m.name for m in all_decoders()])
+def test_every_decoder_fills_every_mask_and_terminates(tiny, method):
+    result = diffuse(tiny, PROMPT, method, gen_length=20, block_length=8)
+    assert len(result.canvas) == 20 and MASK_TOKEN not in result.text
+    assert tiny.tokenizer.convert_tokens_to_ids(MASK_TOKEN) not in result.canvas
+    s = result.stats
+    assert 1 <= s.target_forwards and s.tokens_forwarded >= s.target_forwards
+    assert s.new_tokens == len(result.token_ids) <= 20
+    assert s.finish_reason in ("length", "eos")
+
+
+def reference_llada(model, tokenizer, prompt_ids: list[int], gen_length: int, block: int,
+                    mask_id: int) -> list[int]:
+    """LLaDA at one token per step, written out plainly on transformers' forward with a full
+    attention mask: each step, the most confident masked position of the block is filled."""
+    x = torch.tensor(prompt_ids + [mask_id] * gen_length)
+    for start in range(len(prompt_ids), len(x), block):
+        stop = min(start + block, len(x))
+        while (x[start:stop] == mask_id).any():
+            n = len(x)
+            logits = model(input_ids=x[None], attention_mask=torch.ones(1, 1, n, n,
+                                                                        dtype=torch.bool)).logits[0]
+            logits = torch.cat([logits[:1], logits[:-1]])  # position p from output p - 1
+            probs = torch.softmax(logits.float(), -1)
+            conf, tok = probs.max(-1)
+            conf[:start] = -1
+            conf[stop:] = -1
+            conf[x != mask_id] = -1
+            best = int(conf.argmax())
+            x[best] = tok[best]
+    return x[len(prompt_ids):].tolist()
+
+
+def test_llada_at_one_token_per_step_is_the_straightforward_algorithm(tiny, dlm):
+    ids = tiny.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        expected = reference_llada(tiny.model, tiny.tokenizer, ids, 12, 4, dlm.mask_id)
+    result = diffuse(tiny, ids, "llada", gen_length=12, block_length=4)
+    assert result.canvas == expected
+    assert result.stats.target_forwards == 12 and result.stats.forwards_per_token == 1.0
+
+
+def test_fast_dllm_threshold_decides_how_many_per_step(tiny):
+    every = diffuse(tiny, PROMPT, "fast-dllm", gen_length=16, block_length=8, threshold=1e-9,
+                    cache="none")
+    assert every.stats.target_forwards == 2  # each block in one step
+    one = diffuse(tiny, PROMPT, "fast-dllm", gen_length=16, block_length=8, threshold=1.0,
+                  cache="none")
+    assert one.stats.target_forwards == 16  # nothing reaches 1.0: the best one per step
+    llada = diffuse(tiny, PROMPT, "llada", gen_length=16, block_length=8)
+    assert one.canvas == llada.canvas
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_fast_dllm_caches_spend_fewer_query_tokens(tiny, cache):
+    none = diffuse(tiny, PROMPT, "fast-dllm", gen_length=24, block_length=8, cache="none")
+    cached = diffuse(tiny, PROMPT, "fast-dllm", gen_length=24, block_length=8, cache=cache)
+    assert cached.stats.full_forwards == 3  # one per block
+    per_forward = cached.stats.tokens_forwarded / cached.stats.target_forwards
+    assert per_forward < none.stats.tokens_forwarded / none.stats.target_forwards
+
+
+def test_options_and_inputs_are_checked(tiny):
+    with pytest.raises(InvalidOptionError, match="threshold"):
+        make_decoder("fast-dllm", threshold=0)
+    with pytest.raises(InvalidOptionError, match="unknown option"):
+        make_decoder("llada", depth=2)
+    with pytest.raises(InvalidOptionError, match="cache must be one of"):
+        make_decoder("fast-dllm", cache="half")
+    with pytest.raises(PromptError, match="exceed"):
+        diffuse(tiny, PROMPT, "llada", gen_length=400)
+    with pytest.raises(InvalidOptionError, match="gen_length"):
+        diffuse(tiny, PROMPT, "llada", gen_length=0)
+
+
+def test_generate_routes_diffusion_models_and_refuses_mismatches(tiny):
+    result = generate(tiny, PROMPT, method="fast-dllm", max_new_tokens=8, block_length=8)
+    assert len(result.canvas) == 8 and result.method == "fast-dllm"
+    with pytest.raises(InvalidOptionError, match="autoregressive method"):
+        generate(tiny, PROMPT, method="pld", max_new_tokens=8)
+    with pytest.raises(InvalidOptionError, match="do not take stop"):
+        generate(tiny, PROMPT, method="llada", max_new_tokens=8, stop="\n")
+    demo = load_model("demo")
+    with pytest.raises(InvalidOptionError, match="masked-diffusion models"):
+        generate(demo, PROMPT, method="llada", max_new_tokens=8)
+
+
+def test_bench_compares_settings_to_the_reference(tmp_path, tiny):
+    from tokenforge.dllm.bench import DiffusionBenchConfig, run_diffusion_bench, write_outputs
+
+    tiny.model.save_pretrained(tmp_path / "tiny")
+    tiny.tokenizer.save_pretrained(tmp_path / "tiny")
+    assert is_dllm_checkpoint(str(tmp_path / "tiny")) and not is_dllm_checkpoint("demo")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": PROMPT + "    x" * i}) for i in range(2)))
+    config = DiffusionBenchConfig(str(tmp_path / "tiny"), ["fast-dllm", "fast-dllm:cache=none",
+                                                           "vanilla"], str(prompts),
+                                  gen_length=16, device="cpu", warmup=0)
+    data = run_diffusion_bench(config, progress=False)
+    rows = {r["label"]: r for r in data["settings"]}
+    assert list(rows) == ["llada:tokens_per_step=1", "fast-dllm", "fast-dllm:cache=none",
+                          "vanilla"]
+    ref = rows["llada:tokens_per_step=1"]
+    assert ref["agreement"] == 1.0 and ref["forwards_per_token"] == 1.0
+    assert rows["fast-dllm"]["forwards_per_token"] <= 1.0
+    assert 0.0 <= rows["fast-dllm"]["cache_agreement"] <= 1.0
+    assert "cache_agreement" not in rows["fast-dllm:cache=none"]
+    assert rows["vanilla"]["family"] == "ar"
+    write_outputs(data, tmp_path / "out", "tokenforge bench ...")
+    assert (tmp_path / "out" / "speed_quality.png").stat().st_size > 0
+    assert "| fast-dllm |" in (tmp_path / "out" / "report.md").read_text()
