@@ -202,3 +202,27 @@ def test_bench_compares_settings_to_the_reference(tmp_path, tiny):
     write_outputs(data, tmp_path / "out", "tokenforge bench ...")
     assert (tmp_path / "out" / "speed_quality.png").stat().st_size > 0
     assert "| fast-dllm |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_elastic_cache_refreshing_every_layer_every_step_is_the_uncached_forward(tiny):
+    exact = diffuse(tiny, PROMPT, "fast-dllm", gen_length=24, block_length=8, threshold=0.5,
+                    cache="none")
+    always = diffuse(tiny, PROMPT, "elastic-cache", gen_length=24, block_length=8,
+                     threshold=0.5, gamma=1.0)
+    assert always.canvas == exact.canvas
+    assert always.stats.extra["refreshes"] > 0
+
+
+def test_elastic_cache_refreshes_only_on_drift():
+    """On the trained demo-dllm the probe's attention moves as the block fills (a random model's
+    hardly does): a strict gamma refreshes, a loose one never does and is then the dual cache."""
+    model = load_model("demo-dllm")
+    loose = diffuse(model, PROMPT, "elastic-cache", gen_length=16, block_length=16, gamma=0.01)
+    dual = diffuse(model, PROMPT, "fast-dllm", gen_length=16, block_length=16)
+    assert loose.stats.extra.get("refreshes", 0) == 0
+    assert loose.canvas == dual.canvas
+    tight = diffuse(model, PROMPT, "elastic-cache", gen_length=16, block_length=16, gamma=0.999)
+    refreshes = tight.stats.extra["refreshes"]
+    assert 0 < refreshes < tight.stats.target_forwards
+    assert tight.stats.full_forwards == 1  # a refresh skips the layers below the drift
+    assert 0 < tight.stats.extra["refreshed_layers"] <= 6 * refreshes

@@ -20,6 +20,7 @@ confidence of a token is its softmax probability.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -208,7 +209,8 @@ FORWARDERS = {"none": FullForward, "prefix": PrefixCache, "dual": DualCache}
 
 @torch.no_grad()
 def run(dlm: DiffusionLM, prompt_ids: list[int], gen_length: int, block_length: int, rule: Rule,
-        forwarder: type[Forwarder], sampler: Sampler, method: str) -> DiffusionGeneration:
+        forwarder: Callable[..., Forwarder], sampler: Sampler, method: str
+        ) -> DiffusionGeneration:
     began = time.perf_counter()
     stats = DiffusionStats(prompt_tokens=len(prompt_ids), gen_length=gen_length)
     ids = torch.tensor(list(prompt_ids) + [dlm.mask_id] * gen_length, device=dlm.model.device)

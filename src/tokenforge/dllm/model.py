@@ -133,9 +133,8 @@ class DiffusionLM:
             v = v.repeat_interleave(self.groups, dim=1)
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
             if probe is not None:
-                weights = torch.softmax((q[:, :, probe] @ k.transpose(-1, -2)).float()
-                                        * self.scaling, dim=-1)
-                probes.append(weights.mean(dim=1)[0])
+                scores = (q[:1, :, probe:probe + 1] @ k[:1].transpose(-1, -2)).float()
+                probes.append(torch.softmax(scores * self.scaling, dim=-1).mean(dim=1)[0, 0])
             h = h + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         kv = KVCache(keys, values, positions) if collect else None

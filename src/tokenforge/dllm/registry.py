@@ -4,6 +4,7 @@ file under `dllm/decoders/` registers a `Method` whose `build(dlm, options)` ret
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenforge.decoding.registry import Registry, option, require_positive
@@ -39,5 +40,5 @@ class BlockOptions:
 @dataclass
 class Decoder:
     rule: Rule
-    forwarder: type[Forwarder]
+    forwarder: Callable[..., Forwarder]  # (dlm, stats) -> Forwarder: a class or a partial
     block_length: int

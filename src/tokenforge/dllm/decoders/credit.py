@@ -1,0 +1,70 @@
+"""CreditDecoding: trace credits from each position's history of predictions.
+
+Paper: "CreditDecoding: Accelerating Parallel Decoding in Diffusion Large Language Models with
+Trace Credits", arXiv 2510.06133.
+
+Algorithm: a masked position often predicts its final token many steps before that token's
+confidence crosses the threshold. Each position keeps a credit per token: every step all its
+credits decay by `beta`, and the token it currently predicts gains p^`gamma` (its probability to
+a power). The credits lift the logits, logit'(v) = logit(v) + `alpha` * log(1 + credit(v)), so a
+token that stays the prediction step after step reaches the threshold sooner; commit is
+Fast-dLLM's rule on the fused distribution (every mask at or above `threshold`, at least one),
+with Fast-dLLM's caches.
+
+Options: block_length=32, threshold=0.9, alpha=0.65, beta=0.7, gamma=0.5, cache=dual.
+Differences: credits live for the current block only (positions outside it are not predicted
+under the dual cache) and are kept densely over the vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokenforge.decoding.registry import Method, option
+from tokenforge.dllm.decoders.fast_dllm import FastDLLMOptions, check_probability
+from tokenforge.dllm.loop import FORWARDERS, BlockView, Rule
+from tokenforge.dllm.registry import Decoder, register
+from tokenforge.errors import InvalidOptionError
+
+
+@dataclass(frozen=True)
+class CreditOptions(FastDLLMOptions):
+    alpha: float = option(0.65, "weight of log(1 + credit) added to the logits")
+    beta: float = option(0.7, "decay of every credit per step")
+    gamma: float = option(0.5, "the predicted token gains its probability to this power")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_probability("credit", beta=self.beta, gamma=self.gamma)
+        if self.alpha < 0:
+            raise InvalidOptionError(f"credit: option 'alpha' must be >= 0, got {self.alpha}")
+
+
+class CreditRule(Rule):
+    def __init__(self, opts: CreditOptions):
+        self.opts = opts
+        self.credit: torch.Tensor | None = None
+        self.block_start = -1
+
+    def select(self, view: BlockView):
+        o = self.opts
+        if view.start != self.block_start or self.credit is None:
+            self.credit = torch.zeros_like(view.logits)
+            self.block_start = view.start
+        tokens, confidence = view.proposals()
+        self.credit.mul_(o.beta)
+        self.credit.scatter_add_(1, tokens[:, None], confidence[:, None] ** o.gamma)
+        fused = view.logits + o.alpha * torch.log1p(self.credit)
+        tokens, confidence = view.proposals(fused)
+        return tokens, confidence >= o.threshold
+
+
+def build(dlm, opts: CreditOptions) -> Decoder:
+    return Decoder(CreditRule(opts), FORWARDERS[opts.cache], opts.block_length)
+
+
+register(Method("credit", "CreditDecoding (trace credits), arXiv 2510.06133",
+                "Fast-dLLM's threshold on logits lifted by each position's decayed history of "
+                "predictions", build=build, options_type=CreditOptions))

@@ -1,0 +1,63 @@
+"""LocalLeap: anchors, and a relaxed threshold in their neighbourhood.
+
+Paper: "LocalLeap" (local determinism propagation for parallel decoding of diffusion LLMs).
+
+Algorithm: a masked position whose confidence reaches `anchor` is an anchor and is committed;
+masked positions within `radius` of an anchor are committed at the lower `relaxed` threshold, on
+the observation that confident tokens make their neighbours determined too. With no anchor the
+most confident position is committed alone (the loop's rule). Fast-dLLM's caches apply.
+
+Options: block_length=32, anchor=0.9, relaxed=0.7, radius=2, cache=dual.
+Differences: only masked anchors of the current step count (not tokens committed earlier), and
+the neighbourhood stays inside the current block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from tokenforge.decoding.registry import Method, option, require_positive
+from tokenforge.dllm.decoders.fast_dllm import check_probability
+from tokenforge.dllm.loop import FORWARDERS, BlockView, Rule
+from tokenforge.dllm.registry import BlockOptions, Decoder, register
+from tokenforge.errors import InvalidOptionError
+
+
+@dataclass(frozen=True)
+class LocalLeapOptions(BlockOptions):
+    anchor: float = option(0.9, "confidence that makes a masked position an anchor")
+    relaxed: float = option(0.7, "threshold for positions within `radius` of an anchor")
+    radius: int = option(2, "how far from an anchor the relaxed threshold applies")
+    cache: str = option("dual", "KV cache: none, prefix or dual", choices=tuple(FORWARDERS))
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_probability("localleap", anchor=self.anchor, relaxed=self.relaxed)
+        require_positive(radius=self.radius)
+        if self.relaxed > self.anchor:
+            raise InvalidOptionError(f"localleap: relaxed ({self.relaxed}) must not exceed "
+                                     f"anchor ({self.anchor})")
+
+
+class LocalLeapRule(Rule):
+    def __init__(self, opts: LocalLeapOptions):
+        self.opts = opts
+
+    def select(self, view: BlockView):
+        o = self.opts
+        tokens, confidence = view.proposals()
+        anchors = view.masked & (confidence >= o.anchor)
+        near = F.max_pool1d(anchors.float()[None, None], 2 * o.radius + 1, stride=1,
+                            padding=o.radius)[0, 0].bool()
+        return tokens, anchors | (near & (confidence >= o.relaxed))
+
+
+def build(dlm, opts: LocalLeapOptions) -> Decoder:
+    return Decoder(LocalLeapRule(opts), FORWARDERS[opts.cache], opts.block_length)
+
+
+register(Method("localleap", "LocalLeap (anchors + relaxed local parallel decoding)",
+                "anchors above a high threshold, their neighbours above a relaxed one",
+                build=build, options_type=LocalLeapOptions))
