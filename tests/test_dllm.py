@@ -198,7 +198,7 @@ def test_bench_compares_settings_to_the_reference(tmp_path, tiny):
     assert rows["fast-dllm"]["forwards_per_token"] <= 1.0
     assert 0.0 <= rows["fast-dllm"]["cache_agreement"] <= 1.0
     assert "cache_agreement" not in rows["fast-dllm:cache=none"]
-    assert rows["vanilla"]["family"] == "ar"
+    assert rows["vanilla"]["family"] == "ar" and rows["vanilla"]["tokens_forwarded_per_token"] > 0
     write_outputs(data, tmp_path / "out", "tokenforge bench ...")
     assert (tmp_path / "out" / "speed_quality.png").stat().st_size > 0
     assert "| fast-dllm |" in (tmp_path / "out" / "report.md").read_text()
@@ -226,3 +226,94 @@ def test_elastic_cache_refreshes_only_on_drift():
     assert 0 < refreshes < tight.stats.target_forwards
     assert tight.stats.full_forwards == 1  # a refresh skips the layers below the drift
     assert 0 < tight.stats.extra["refreshed_layers"] <= 6 * refreshes
+
+
+def constant_filter(path, logit: float) -> str:
+    from safetensors.torch import save_file
+
+    from tokenforge.dllm.decoders.learn2pd import Filter
+
+    net = Filter()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.net[-1].bias.fill_(logit)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+    return str(path)
+
+
+def test_learn2pd_commits_what_its_filter_accepts(tiny, tmp_path):
+    accept = constant_filter(tmp_path / "yes.safetensors", 10.0)
+    refuse = constant_filter(tmp_path / "no.safetensors", -10.0)
+    greedy = diffuse(tiny, PROMPT, "learn2pd", gen_length=16, block_length=8, filter=accept,
+                     end_of_text=False, cache="none")
+    assert greedy.stats.target_forwards == 2  # every position of a block at once
+    careful = diffuse(tiny, PROMPT, "learn2pd", gen_length=16, block_length=8, filter=refuse,
+                      end_of_text=False, cache="none")
+    assert careful.canvas == diffuse(tiny, PROMPT, "llada", gen_length=16, block_length=8).canvas
+    with pytest.raises(InvalidOptionError, match="no filter"):
+        make_decoder("learn2pd", filter=str(tmp_path / "missing.safetensors"))
+
+
+def test_learn2pd_stops_at_the_end_of_text(tmp_path):
+    class EndsAtOnce(DiffusionLM):  # a model that always predicts EOS
+        def logits(self, hidden):
+            out = super().logits(hidden)
+            out[..., self.eos_id] += 100.0
+            return out
+
+    loaded = EndsAtOnce(tiny_dllm(seed=1))
+    eos = loaded.eos_id
+    accept = constant_filter(tmp_path / "yes.safetensors", 10.0)
+    stop = diffuse(loaded, PROMPT, "learn2pd", gen_length=32, block_length=8, filter=accept)
+    assert stop.stats.finish_reason == "eos" and stop.canvas == [eos] * 32
+    assert stop.stats.target_forwards == 1 and stop.token_ids == [] and stop.text == ""
+    on = diffuse(loaded, PROMPT, "learn2pd", gen_length=32, block_length=8, filter=accept,
+                 end_of_text=False)
+    assert on.stats.target_forwards == 4 and on.canvas == stop.canvas
+
+
+def test_learn2pd_oracle_trace_labels_predictions_against_the_reference(tiny):
+    from tokenforge.dllm.decoders.learn2pd import FEATURES, features, oracle_trace
+
+    ids = tiny.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    x, y = oracle_trace(DiffusionLM(tiny), ids, 8, 4)
+    assert x.shape[1] == len(FEATURES) and len(x) == len(y) >= 8
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    f = features(torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([True, True]))
+    assert f[0, 0] > f[1, 0] and f[1, 1] == 0  # confidence, and a flat row has no margin
+
+
+def view_of(probabilities: list[float], start: int = 0, step: int = 0):
+    """A BlockView over a two-token vocabulary whose first token has these probabilities."""
+    from tokenforge.dllm.loop import BlockView, Canvas, Sampler
+
+    p = torch.tensor(probabilities)
+    logits = torch.stack([p.log(), (1 - p).log()], dim=1)
+    masked = torch.ones(len(p), dtype=torch.bool)
+    return BlockView(logits, masked, start, step, Canvas(torch.zeros(4), 0, 1), Sampler())
+
+
+def test_credit_lifts_a_prediction_that_stays_until_it_passes_the_threshold():
+    from tokenforge.dllm.decoders.credit import CreditOptions, CreditRule
+    from tokenforge.dllm.decoders.fast_dllm import ThresholdRule
+
+    rule, plain = CreditRule(CreditOptions()), ThresholdRule(0.9)
+    steps = [bool(rule.select(view_of([0.8], step=i))[1][0]) for i in range(4)]
+    # alpha 0.7, beta 0.8, gamma 0.2: fused confidence 0.865, 0.890, 0.903, ...
+    assert steps == [False, False, True, True]
+    assert not plain.select(view_of([0.8]))[1][0]
+    rule.select(view_of([0.8], start=40))  # a new block starts with no credit
+    assert not rule.select(view_of([0.8], start=80))[1][0]
+
+
+def test_localleap_relaxes_the_threshold_near_anchors_only():
+    from tokenforge.dllm.decoders.localleap import LocalLeapOptions, LocalLeapRule
+
+    rule = LocalLeapRule(LocalLeapOptions(radius=2))
+    _, commit = rule.select(view_of([0.95, 0.8, 0.5, 0.8, 0.8, 0.8, 0.97, 0.6]))
+    assert commit.tolist() == [True, True, False, False, True, True, True, False]
+    _, none = rule.select(view_of([0.8, 0.8, 0.8]))  # no anchor: nothing relaxed
+    assert not none.any()
+    with pytest.raises(InvalidOptionError, match="must not exceed"):
+        LocalLeapOptions(anchor=0.7, relaxed=0.8)

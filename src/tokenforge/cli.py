@@ -183,6 +183,22 @@ def train_dllm_cmd(
                f"{record['file_bytes'] / 1e6:.1f} MB")
 
 
+@app.command("train-learn2pd")
+def train_learn2pd_cmd(
+    model: str = typer.Option("demo-dllm", help="the diffusion model whose traces train it"),
+    out: Path = typer.Option(None, help="output folder (default: demo-dllm's bundled folder)"),
+    prompts: int = typer.Option(120, help="training-split stdlib prompts to trace"),
+    gen_length: int = typer.Option(64, help="canvas length of the traces"),
+):
+    """Train Learn2PD's filter on a diffusion model's own oracle traces (minutes on 2 cores)."""
+    from tokenforge.dllm.decoders.learn2pd import BUNDLED_FILTER, train_filter
+
+    record = train_filter(model, out or BUNDLED_FILTER.parent, prompts, gen_length,
+                          log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(f"learn2pd filter: {record['examples']} examples, validation "
+               f"{record['validation']}, {record['wall_time_s']}s")
+
+
 def _register_subsystem_commands() -> None:
     """bench, serve, tokenizer, distill-draft, train-vuln and the code-task commands live with
     their subsystems; each adds itself."""

@@ -169,6 +169,14 @@ def _diffuse(dlm, ids, gen_length, decoder):
                     loop.Sampler(), "bench")
 
 
+def tokens_forwarded(stats: dict) -> int:
+    """Query tokens over every forward (an AR generation's, prompt included, from its counts)."""
+    if "tokens_forwarded" in stats:
+        return stats["tokens_forwarded"]
+    return stats.get("prompt_tokens", 0) + sum(int(size) * count for size, count in
+                                               stats.get("forward_sizes", {}).items())
+
+
 def twin_key(s: Setting) -> tuple:
     """Settings equal but for their cache share this key."""
     return s.method, tuple(sorted((k, v) for k, v in s.options.items() if k != "cache"))
@@ -197,8 +205,8 @@ def score(settings: list[Setting], prompt_ids, dlm, judge, config, dataset, prom
             "speedup_interval": bootstrap.speedup_interval(ones, s.times, ones, reference.times),
             "forwards_per_token": forwards / (length * len(prompt_ids)) if s.family == "diffusion"
             else forwards / max(1, sum(len(c) for c in cut)),
-            "tokens_forwarded_per_token": (sum(st.get("tokens_forwarded", 0) for st in s.stats)
-                                           / (length * len(prompt_ids))),
+            "tokens_forwarded_per_token": sum(map(tokens_forwarded, s.stats))
+            / (length * len(prompt_ids)),
             "new_tokens": sum(len(c) for c in cut),
             "tokens_per_s": sum(len(c) for c in cut) / sum(s.times),
             "agreement": sum(agreement(o, r, eos, length) for o, r in

@@ -11,9 +11,11 @@ token that stays the prediction step after step reaches the threshold sooner; co
 Fast-dLLM's rule on the fused distribution (every mask at or above `threshold`, at least one),
 with Fast-dLLM's caches.
 
-Options: block_length=32, threshold=0.9, alpha=0.65, beta=0.7, gamma=0.5, cache=dual.
-Differences: credits live for the current block only (positions outside it are not predicted
-under the dual cache) and are kept densely over the vocabulary.
+Options: block_length=32, threshold=0.9, alpha=0.7, beta=0.8, gamma=0.2, cache=dual (the
+defaults of the reference implementation, dInfer's CreditThresholdParallelDecoder).
+Differences: none known in the rule; as in dInfer, credits live for the current block only and
+only still-masked positions gain credit. The paper's text (credits from "historical logits")
+could not be checked against the code, which accumulates the top-1 probability as above.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from tokenforge.errors import InvalidOptionError
 
 @dataclass(frozen=True)
 class CreditOptions(FastDLLMOptions):
-    alpha: float = option(0.65, "weight of log(1 + credit) added to the logits")
-    beta: float = option(0.7, "decay of every credit per step")
-    gamma: float = option(0.5, "the predicted token gains its probability to this power")
+    alpha: float = option(0.7, "weight of log(1 + credit) added to the logits")
+    beta: float = option(0.8, "decay of every credit per step")
+    gamma: float = option(0.2, "the predicted token gains its probability to this power")
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,7 +57,8 @@ class CreditRule(Rule):
             self.block_start = view.start
         tokens, confidence = view.proposals()
         self.credit.mul_(o.beta)
-        self.credit.scatter_add_(1, tokens[:, None], confidence[:, None] ** o.gamma)
+        gain = (confidence ** o.gamma) * view.masked
+        self.credit.scatter_add_(1, tokens[:, None], gain[:, None])
         fused = view.logits + o.alpha * torch.log1p(self.credit)
         tokens, confidence = view.proposals(fused)
         return tokens, confidence >= o.threshold

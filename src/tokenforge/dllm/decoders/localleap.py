@@ -1,15 +1,18 @@
 """LocalLeap: anchors, and a relaxed threshold in their neighbourhood.
 
-Paper: "LocalLeap" (local determinism propagation for parallel decoding of diffusion LLMs).
+Paper: Kong et al., "Accelerating Diffusion LLM Inference via Local Determinism Propagation"
+(LocalLeap), arXiv 2510.07081.
 
 Algorithm: a masked position whose confidence reaches `anchor` is an anchor and is committed;
 masked positions within `radius` of an anchor are committed at the lower `relaxed` threshold, on
 the observation that confident tokens make their neighbours determined too. With no anchor the
 most confident position is committed alone (the loop's rule). Fast-dLLM's caches apply.
 
-Options: block_length=32, anchor=0.9, relaxed=0.7, radius=2, cache=dual.
-Differences: only masked anchors of the current step count (not tokens committed earlier), and
-the neighbourhood stays inside the current block.
+Options: block_length=32, anchor=0.9, relaxed=0.75, radius=4, cache=dual (the reference code's
+defaults). As there, only masked anchors of the current step count (not tokens committed
+earlier), and neighbourhoods do not chain within a step.
+Differences: the reference code runs without a KV cache; here Fast-dLLM's caches apply
+(`cache=none` for the reference's setting). The neighbourhood stays inside the current block.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from tokenforge.errors import InvalidOptionError
 @dataclass(frozen=True)
 class LocalLeapOptions(BlockOptions):
     anchor: float = option(0.9, "confidence that makes a masked position an anchor")
-    relaxed: float = option(0.7, "threshold for positions within `radius` of an anchor")
-    radius: int = option(2, "how far from an anchor the relaxed threshold applies")
+    relaxed: float = option(0.75, "threshold for positions within `radius` of an anchor")
+    radius: int = option(4, "how far from an anchor the relaxed threshold applies")
     cache: str = option("dual", "KV cache: none, prefix or dual", choices=tuple(FORWARDERS))
 
     def __post_init__(self):
@@ -58,6 +61,6 @@ def build(dlm, opts: LocalLeapOptions) -> Decoder:
     return Decoder(LocalLeapRule(opts), FORWARDERS[opts.cache], opts.block_length)
 
 
-register(Method("localleap", "LocalLeap (anchors + relaxed local parallel decoding)",
+register(Method("localleap", "LocalLeap, Local Determinism Propagation, arXiv 2510.07081",
                 "anchors above a high threshold, their neighbours above a relaxed one",
                 build=build, options_type=LocalLeapOptions))
