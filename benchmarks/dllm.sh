@@ -11,7 +11,7 @@ OUT="${OUT:-benchmarks/results/dllm}"
 LIMIT="${LIMIT:-10}"
 TF="${TOKENFORGE:-.venv/bin/tokenforge}"
 export OMP_NUM_THREADS=1
-SETTINGS="llada:tokens_per_step=2,llada:tokens_per_step=4,fast-dllm:cache=none,fast-dllm:cache=prefix,fast-dllm,fast-dllm:threshold=0.7,fast-dllm:threshold=0.5,fast-dllm:threshold=0.3,credit,credit:threshold=0.7,localleap,localleap:anchor=0.7,elastic-cache,elastic-cache:gamma=0.8,learn2pd,learn2pd:threshold=0.7,vanilla,token-recycling"
+SETTINGS="llada:tokens_per_step=2,llada:tokens_per_step=4,fast-dllm:cache=none,fast-dllm:cache=prefix,fast-dllm,fast-dllm:threshold=0.7,fast-dllm:threshold=0.5,fast-dllm:threshold=0.3,credit,credit:threshold=0.7,localleap,localleap:anchor=0.8:relaxed=0.6,elastic-cache,elastic-cache:gamma=0.99,learn2pd,learn2pd:threshold=0.7,learn2pd:threshold=0.5,vanilla,token-recycling"
 mkdir -p "$OUT"
 for run in "stdlib-heldout 64" "stdlib-heldout 256" "humaneval 64"; do
   set -- $run

@@ -317,3 +317,25 @@ def test_localleap_relaxes_the_threshold_near_anchors_only():
     assert not none.any()
     with pytest.raises(InvalidOptionError, match="must not exceed"):
         LocalLeapOptions(anchor=0.7, relaxed=0.8)
+
+
+def test_the_cli_runs_diffusion_decoders_and_lists_them():
+    import subprocess
+    import sys
+
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "", "OMP_NUM_THREADS": "1"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "tokenforge", *args], capture_output=True,
+                              text=True, timeout=120, env=env)
+
+    ok = cli("generate", "def area(r):\n", "--model", "demo-dllm", "--method", "fast-dllm",
+             "--max-new-tokens", "16", "-o", "block_length=16")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("def area(r):\n") and "[fast-dllm] " in ok.stderr
+    wrong = cli("generate", "x = 1", "--model", "demo-dllm", "--method", "pld")
+    assert wrong.returncode == 2 and "autoregressive method" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    listing = cli("methods")
+    assert "Masked-diffusion models" in listing.stdout
+    assert all(m.name in listing.stdout for m in all_decoders())

@@ -134,8 +134,12 @@ def models():
         figure = f", held-out perplexity {extra['heldout_perplexity']}" if extra else ""
         own = DEMO_DIR / name / "training.json"  # demo-coder keeps its own record
         if not extra and own.exists():
-            rate = json.loads(own.read_text()).get("greedy_pass@1", {}).get("lab-heldout")
+            own_record = json.loads(own.read_text())
+            rate = own_record.get("greedy_pass@1", {}).get("lab-heldout")
             figure = f", greedy pass@1 {100 * rate['rate']:.1f}% on lab-heldout" if rate else ""
+            if "heldout_elbo_bits_per_byte" in own_record:
+                figure = (f", held-out ELBO {own_record['heldout_elbo_bits_per_byte']} bits/byte "
+                          f"(demo: {own_record['demo_bits_per_byte']})")
         typer.echo(f"{name:<11} {desc}{figure}")
     typer.echo("Any local directory with config.json + safetensors, or a hub id, also works.")
 

@@ -240,4 +240,9 @@ learn2pd).
   is next to it. The ELBO is an upper bound on the diffusion model's negative log-likelihood.
 - Reproduce: `tokenforge train-dllm` (writes the weights, `training.json` with the loss curve,
   and this card).
+- `learn2pd.safetensors` is the Learn2PD decoder's filter (a 2-layer MLP over six features per
+  position), trained on this model's own traces by `tokenforge train-learn2pd`; its record,
+  with precision and recall on held-back examples, is `learn2pd.json`.
+- Licence: the corpus is the CPython standard library (PSF License); the weights are released
+  with tokenforge.
 """
