@@ -339,3 +339,41 @@ def test_the_cli_runs_diffusion_decoders_and_lists_them():
     listing = cli("methods")
     assert "Masked-diffusion models" in listing.stdout
     assert all(m.name in listing.stdout for m in all_decoders())
+
+
+def test_mdlm_loss_is_the_masked_cross_entropy_weighted_by_one_over_t(dlm):
+    from tokenforge.dllm.train import mdlm_loss, training_masks
+
+    x = canvas(dlm, masks=0)[None].repeat(2, 1)
+    maskable = torch.ones_like(x, dtype=torch.bool)
+    maskable[:, 0] = False
+    with torch.no_grad():
+        full = mdlm_loss(dlm, x, torch.ones(2), maskable)  # t = 1: every token masked
+        logits = dlm.full_logits(torch.where(maskable, dlm.mask_id, x))
+        expected = torch.nn.functional.cross_entropy(logits[maskable], x[maskable])
+        torch.testing.assert_close(full, expected)
+        gen = torch.Generator().manual_seed(3)
+        half = mdlm_loss(dlm, x, torch.full((2,), 0.5), maskable, gen)
+        draw = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
+        masked = maskable & (draw < 0.5)
+        logits = dlm.full_logits(torch.where(masked, dlm.mask_id, x))
+        ce = torch.nn.functional.cross_entropy(logits[masked], x[masked], reduction="sum")
+        torch.testing.assert_close(half, ce / 0.5 / maskable.sum())
+    import numpy as np
+
+    t, maskable = training_masks(64, 40, 1.0, np.random.default_rng(0))
+    assert (t > 0).all() and (t <= 1).all() and not maskable[:, :5].any()  # prefixes >= L/8
+    assert maskable[:, -1].all()
+
+
+def test_the_shipped_demo_dllm_is_marked_documented_and_small():
+    from tokenforge.dllm.train import DLLM_DIR, model_card
+
+    record = json.loads((DLLM_DIR / "training.json").read_text())
+    card = (DLLM_DIR / "MODEL_CARD.md").read_text()
+    assert card == model_card(record)  # the card is what the builder writes
+    assert record["file_bytes"] <= 20e6 and record["wall_time_s"] <= 3600
+    assert record["heldout_elbo_bits_per_byte"] > record["demo_bits_per_byte"] > 0
+    dlm = DiffusionLM(load_model("demo-dllm"))
+    assert dlm.tokenizer.convert_ids_to_tokens(dlm.mask_id) == MASK_TOKEN and dlm.shift
+    assert dlm.train_len == 512

@@ -52,10 +52,11 @@ def diffuse(model: LoadedModel | DiffusionLM | str, prompt: str | list[int],
     ids = encode_prompt(dlm.loaded, prompt)
     if dlm.mask_id in ids:
         raise PromptError(f"the prompt contains the mask token (id {dlm.mask_id}); remove it")
-    context = dlm.loaded.context_length or len(ids) + gen_length
-    if len(ids) + gen_length > context:
+    if len(ids) + gen_length > dlm.train_len:
         raise PromptError(f"prompt ({len(ids)} tokens) + gen_length ({gen_length}) exceed the "
-                          f"model's {context} positions; shorten one of them")
+                          f"{dlm.train_len} positions the model was trained on; shorten the "
+                          f"prompt (e.g. keep its last {max(1, dlm.train_len - gen_length)} "
+                          "tokens) or gen_length")
     return loop.run(dlm, ids, gen_length, decoder.block_length, decoder.rule, decoder.forwarder,
                     loop.Sampler(temperature, seed), method)
 

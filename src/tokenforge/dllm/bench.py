@@ -286,15 +286,17 @@ def plot(data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for r in data["settings"]:
-        marker = "s" if r["family"] == "ar" else "o"
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.2))
+    colors = plt.get_cmap("tab20").colors
+    markers = "oD^v<>ph*P"
+    for i, r in enumerate(data["settings"]):
+        label = r["label"] + (f" ({data['ar_model']}, AR)" if r["family"] == "ar" else "")
+        style = dict(color=colors[i % len(colors)], s=60 if r["family"] == "ar" else 36,
+                     marker="s" if r["family"] == "ar" else markers[i % len(markers)])
         for ax, key in zip(axes, ("judge_bits_per_byte", "agreement")):
-            if r[key] is None:
-                continue
-            ax.scatter(r["speedup"], r[key], marker=marker)
-            ax.annotate(r["label"], (r["speedup"], r[key]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            if r[key] is not None:
+                ax.scatter(r["speedup"], r[key], label=label if ax is axes[0] else None,
+                           **style)
     axes[0].set_ylabel(f"bits/byte under {data['ar_model']} (lower is better)")
     axes[1].set_ylabel("agreement with llada at 1 token/step")
     for ax in axes:
@@ -303,7 +305,8 @@ def plot(data: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{data['model']}: {data['n_prompts']} {data['dataset']} prompts, "
                  f"{data['gen_length']} positions ({data['device_name']})", fontsize=10)
-    fig.tight_layout()
+    fig.legend(loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.83, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

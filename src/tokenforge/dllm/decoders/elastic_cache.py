@@ -12,10 +12,17 @@ refreshed from l to the top: every position's KV of layers >= l is recomputed fr
 inputs of layer l (the block's fresh ones), and the step's logits come from that pass. Shallow
 layers, which drift least, keep their cache. Commit is Fast-dLLM's threshold rule.
 
-Options: block_length=32, threshold=0.9, gamma=0.9. gamma=1 refreshes every layer at every step,
-which is exactly the uncached forward (a test holds it to that).
-Differences: the paper's sliding window over the masks is replaced by the fixed blocks of the
-other decoders, and its most-attended-token probe by the fixed probe above.
+Options: block_length=32, threshold=0.9, gamma=0.9 (the reference's threshold and gamma).
+gamma=1 refreshes every layer at every step, which is exactly the uncached forward (a test holds
+it to that).
+Differences from the reference code (VILA-Lab/Elastic-Cache, LLaDA's generate_with_elastic_cache):
+- it decodes a sliding window of the first 16 masks and never queries masks outside it; here the
+  fixed blocks of the other decoders are the window, and the block is queried every step;
+- its probe is, per layer, the committed token the window's masks attend to most, re-queried each
+  step; here one fixed probe, the token just before the block, whose attention row (averaged over
+  heads) is compared over the keys;
+- it refreshes from the layer after the first drifting one, here from the drifting layer itself;
+- it drops the masks after a committed EOS; here the canvas is filled (Learn2PD has that stop).
 """
 
 from __future__ import annotations
