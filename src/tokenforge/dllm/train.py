@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,10 +34,8 @@ from tokenforge.models.training import (
     adamw,
     batches,
     encode_corpus,
-    optimizer_step,
+    run_steps,
     save_model,
-    set_lr,
-    warmup_cosine,
 )
 
 DLLM_DIR = DEMO_DIR / "demo-dllm"
@@ -143,8 +140,6 @@ def ar_bits_per_byte(model, tokenizer, windows: torch.Tensor) -> float:
 
 
 def train_dllm(out: Path = DLLM_DIR, recipe: DiffusionRecipe | None = None, log=print) -> dict:
-    from tqdm import tqdm
-
     from tokenforge.models.train_demo import TrainConfig, read_text, split_corpus
 
     recipe = recipe or DiffusionRecipe()
@@ -161,22 +156,16 @@ def train_dllm(out: Path = DLLM_DIR, recipe: DiffusionRecipe | None = None, log=
 
     gen = np.random.default_rng(recipe.seed)
     mask_gen = torch.Generator().manual_seed(recipe.seed)
-    opt = adamw(model, recipe.lr, weight_decay=0.1)
-    curve, start = [], time.time()
-    model.train()
-    bar = tqdm(range(recipe.steps), desc="train demo-dllm")
-    for step in bar:
-        set_lr(opt, warmup_cosine(step, recipe.steps, recipe.lr, recipe.warmup))
+
+    def step_loss(step: int) -> torch.Tensor:
         x, _ = batches(stream, recipe.seq_len, recipe.batch_size, gen)
         t, maskable = training_masks(recipe.batch_size, recipe.seq_len, recipe.prefix_share, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = mdlm_loss(dlm, x, t, maskable, mask_gen)
-        optimizer_step(model, opt, loss)
-        if step % 25 == 0 or step == recipe.steps - 1:
-            curve.append({"step": step, "loss": round(loss.item(), 4)})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            log(f"demo-dllm step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
-    wall = time.time() - start
+            return mdlm_loss(dlm, x, t, maskable, mask_gen)
+
+    opt = adamw(model, recipe.lr, weight_decay=0.1)
+    curve, wall = run_steps(model, opt, recipe.steps, recipe.lr, recipe.warmup, step_loss,
+                            "demo-dllm", log, every=25)
 
     windows = heldout_windows(heldout, recipe.seq_len, recipe.eval_windows)
     from transformers import LlamaForCausalLM

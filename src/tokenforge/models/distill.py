@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,10 +38,8 @@ from tokenforge.models.training import (
     adamw,
     batches,
     encode_corpus,
-    optimizer_step,
+    run_steps,
     save_model,
-    set_lr,
-    warmup_cosine,
 )
 
 
@@ -86,9 +83,8 @@ def distill(target: LoadedModel, draft: LoadedModel, stream: np.ndarray, cfg: Di
     model = copy.deepcopy(draft.model).float().train()
     teacher = target.model.eval()
     opt = adamw(model, cfg.lr, weight_decay=0.0)
-    curve, start = [], time.time()
-    for step in range(cfg.steps):
-        set_lr(opt, warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup))
+
+    def step_loss(step: int) -> tuple[torch.Tensor, dict]:
         x, _ = batches(stream, cfg.seq_len, cfg.batch_size, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with torch.no_grad():
@@ -96,17 +92,14 @@ def distill(target: LoadedModel, draft: LoadedModel, stream: np.ndarray, cfg: Di
                 ref_logits = None if reference is None else reference(input_ids=x).logits
             kl = token_kl(model(input_ids=x).logits, target_logits)
         if ref_logits is None:
-            loss = kl.mean()
-        else:
-            loss = selective_loss(kl, token_kl(ref_logits, target_logits), cfg.keep)
-        optimizer_step(model, opt, loss)
-        if step % 10 == 0 or step == cfg.steps - 1:
-            curve.append({"step": step, "loss": round(loss.item(), 4),
-                          "kl_all": round(kl.mean().item(), 4)})
-            log(f"step {step} loss {loss.item():.4f} kl(all) {kl.mean().item():.4f} "
-                f"({time.time() - start:.0f}s)")
+            return kl.mean(), {"kl_all": kl.mean().item()}
+        return (selective_loss(kl, token_kl(ref_logits, target_logits), cfg.keep),
+                {"kl_all": kl.mean().item()})
+
+    curve, wall = run_steps(model, opt, cfg.steps, cfg.lr, cfg.warmup, step_loss,
+                            "adaspec" if reference is not None else "kd", log, every=10)
     model.eval()
-    return model, {"loss_curve": curve, "wall_time_s": round(time.time() - start, 1)}
+    return model, {"loss_curve": curve, "wall_time_s": round(wall, 1)}
 
 
 def run_distill(target: str, draft: str, method: str, out: Path, cfg: DistillConfig,

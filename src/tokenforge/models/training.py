@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,13 +111,44 @@ def optimizer_step(model, opt: torch.optim.Optimizer, loss: torch.Tensor) -> Non
     opt.step()
 
 
-def train_step(model, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One bf16-autocast step on next-token loss; returns the loss."""
+def next_token_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy under bf16 autocast."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(input_ids=x).logits
-    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+def train_step(model, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One bf16-autocast step on next-token loss; returns the loss."""
+    loss = next_token_loss(model, x, y)
     optimizer_step(model, opt, loss)
     return loss
+
+
+def run_steps(model, opt: torch.optim.Optimizer, steps: int, peak_lr: float, warmup: int,
+              step_loss: Callable[[int], torch.Tensor | tuple[torch.Tensor, dict]], name: str,
+              log=None, every: int = 50) -> tuple[list[dict], float]:
+    """The training loop every tokenforge model shares: each step sets the warm-up + cosine
+    learning rate, takes `step_loss(step)` (a loss, or the loss and extra figures for the curve)
+    and steps the optimizer (gradients clipped at 1); every `every` steps and at the last, the
+    loss goes into the curve, the progress bar and `log`. Returns (curve, wall seconds)."""
+    from tqdm import tqdm
+
+    curve, start = [], time.time()
+    model.train()
+    bar = tqdm(range(steps), desc=f"train {name}")
+    for step in bar:
+        set_lr(opt, warmup_cosine(step, steps, peak_lr, warmup))
+        out = step_loss(step)
+        loss, extra = out if isinstance(out, tuple) else (out, {})
+        optimizer_step(model, opt, loss)
+        if step % every == 0 or step == steps - 1:
+            curve.append({"step": step, "loss": round(loss.item(), 4),
+                          **{key: round(value, 4) for key, value in extra.items()}})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if log is not None:
+                log(f"{name} step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+    return curve, time.time() - start
 
 
 @torch.no_grad()
@@ -140,22 +172,12 @@ def train_model(model, stream: np.ndarray, heldout: np.ndarray, recipe: Recipe, 
                 name: str, log) -> dict:
     """Train `steps` steps (AdamW, weight decay 0.1, warm-up + cosine) and evaluate on `heldout`;
     returns the run's record."""
-    from tqdm import tqdm
-
     gen = np.random.default_rng(recipe.seed)
     opt = adamw(model, recipe.lr, weight_decay=0.1)
-    curve = []
-    start = time.time()
-    model.train()
-    bar = tqdm(range(steps), desc=f"train {name}")
-    for step in bar:
-        set_lr(opt, warmup_cosine(step, steps, recipe.lr, recipe.warmup))
-        loss = train_step(model, opt, *batches(stream, recipe.seq_len, recipe.batch_size, gen))
-        if step % 50 == 0 or step == steps - 1:
-            curve.append({"step": step, "loss": round(loss.item(), 4)})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            log(f"{name} step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
-    wall = time.time() - start
+    curve, wall = run_steps(
+        model, opt, steps, recipe.lr, recipe.warmup,
+        lambda step: next_token_loss(model, *batches(stream, recipe.seq_len, recipe.batch_size,
+                                                     gen)), name, log)
     heldout_loss = evaluate(model, heldout, recipe.seq_len, recipe.eval_windows)
     return {
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tokenforge.models.load import DEMO_DIR, load_model
-from tokenforge.models.training import adamw, optimizer_step, save_model, set_lr, warmup_cosine
+from tokenforge.models.training import adamw, run_steps, save_model
 from tokenforge.tasks.taskset import Task, lab_train
 
 IGNORE = -100
@@ -74,8 +74,6 @@ def completion_loss(model, ids: torch.Tensor, labels: torch.Tensor,
 
 def train_coder(out: Path = CODER_DIR, cfg: CoderConfig | None = None,
                 log=print) -> dict:
-    from tqdm import tqdm
-
     cfg = cfg or CoderConfig()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -89,23 +87,20 @@ def train_coder(out: Path = CODER_DIR, cfg: CoderConfig | None = None,
     gen = np.random.default_rng(cfg.seed)
     per_epoch = len(rows) // cfg.batch_size
     steps = per_epoch * cfg.epochs
-    opt = adamw(model, cfg.lr, weight_decay=0.1)
-    curve = []
-    model.train()
-    bar = tqdm(range(steps), desc="train demo-coder")
     order = gen.permutation(len(rows))
-    for step in bar:
+
+    def step_loss(step: int) -> torch.Tensor:
+        nonlocal order
         if step and step % per_epoch == 0:
             order = gen.permutation(len(rows))
         at = (step % per_epoch) * cfg.batch_size
         batch = collate([rows[i] for i in order[at : at + cfg.batch_size]],
                         tokenizer.eos_token_id)
-        set_lr(opt, warmup_cosine(step, steps, cfg.lr, cfg.warmup))
-        loss = completion_loss(model, *batch)
-        optimizer_step(model, opt, loss)
-        if step % 25 == 0 or step == steps - 1:
-            curve.append({"step": step, "loss": round(loss.item(), 4)})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        return completion_loss(model, *batch)
+
+    opt = adamw(model, cfg.lr, weight_decay=0.1)
+    curve, _ = run_steps(model, opt, steps, cfg.lr, cfg.warmup, step_loss, "demo-coder",
+                         every=25)
     model.eval()
     record = {
         "base": cfg.base,
