@@ -377,3 +377,10 @@ def test_the_shipped_demo_dllm_is_marked_documented_and_small():
     dlm = DiffusionLM(load_model("demo-dllm"))
     assert dlm.tokenizer.convert_ids_to_tokens(dlm.mask_id) == MASK_TOKEN and dlm.shift
     assert dlm.train_len == 512
+
+
+def test_the_server_refuses_a_diffusion_model_in_one_line(tiny):
+    from tokenforge.serve.app import create_app
+
+    with pytest.raises(InvalidOptionError, match="masked-diffusion model; the server runs"):
+        create_app(tiny)

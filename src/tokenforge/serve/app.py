@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from tokenforge import __version__
-from tokenforge.errors import TokenforgeError
+from tokenforge.errors import InvalidOptionError, TokenforgeError
 from tokenforge.models.load import LoadedModel
 from tokenforge.serve import metrics as prom
 from tokenforge.serve.formats import (
@@ -77,6 +77,12 @@ def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
 
 def create_app(loaded: LoadedModel, settings: ServeSettings | None = None,
                draft: LoadedModel | None = None) -> FastAPI:
+    from tokenforge.dllm.model import is_dllm
+
+    if is_dllm(loaded.model):
+        raise InvalidOptionError(f"'{loaded.name}' is a masked-diffusion model; the server runs "
+                                 "autoregressive models (diffusion models run with `tokenforge "
+                                 "generate` and `tokenforge bench`)")
     settings = settings or ServeSettings()
     service = Service(loaded, draft, settings)
 
