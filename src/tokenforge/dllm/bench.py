@@ -38,7 +38,7 @@ from tokenforge.bench.datasets import encode, load_dataset, prompts_sha256
 from tokenforge.bench.stats import Bootstrap
 from tokenforge.bench.system import MachineLoad, Snapshot, environment
 from tokenforge.decoding.registry import get_method
-from tokenforge.dllm.api import diffusion_model, make_decoder
+from tokenforge.dllm.api import diffuse, diffusion_model, make_decoder
 from tokenforge.dllm.registry import get_decoder, is_diffusion_method
 from tokenforge.errors import InvalidOptionError
 
@@ -130,6 +130,8 @@ def run_diffusion_bench(config: DiffusionBenchConfig, progress: bool = True) -> 
     dataset = load_dataset(config.dataset)
     prompts = dataset.prompts[:config.limit] if config.limit else dataset.prompts
     prompt_ids = [encode(dlm.loaded, p)[-budget:] for p in prompts]
+    spare = dataset.prompts[len(prompts):len(prompts) + 1]  # the warm-up, when the set has one
+    warmup_ids = encode(dlm.loaded, spare[0])[-budget:] if spare else prompt_ids[0]
     decoders = {s.label: make_decoder(s.method, **s.options) for s in settings
                 if s.family == "diffusion"}
     drafters = {s.label: make_drafter(judge, s.method, **s.options) for s in settings
@@ -137,7 +139,8 @@ def run_diffusion_bench(config: DiffusionBenchConfig, progress: bool = True) -> 
 
     def once(setting: Setting, ids: list[int]):
         if setting.family == "diffusion":
-            result = _diffuse(dlm, ids, config.gen_length, decoders[setting.label])
+            result = diffuse(dlm, ids, setting.method, config.gen_length,
+                             decoder=decoders[setting.label])
             return result.canvas, result.stats.as_dict()
         result = generate(judge, ids, setting.method, max_new_tokens=config.gen_length,
                           drafter=drafters[setting.label])
@@ -145,7 +148,7 @@ def run_diffusion_bench(config: DiffusionBenchConfig, progress: bool = True) -> 
 
     for setting in settings:  # warm-up, untimed
         for _ in range(config.warmup):
-            once(setting, prompt_ids[0])
+            once(setting, warmup_ids)
     before = Snapshot.now()
     bar = tqdm(total=len(prompts) * len(settings), disable=not progress, desc="dllm bench")
     for i, ids in enumerate(prompt_ids):
@@ -160,13 +163,6 @@ def run_diffusion_bench(config: DiffusionBenchConfig, progress: bool = True) -> 
     bar.close()
     load = MachineLoad.between(before, Snapshot.now(), dlm.loaded.device)
     return score(settings, prompt_ids, dlm, judge, config, dataset, prompts, load.as_dict())
-
-
-def _diffuse(dlm, ids, gen_length, decoder):
-    from tokenforge.dllm import loop
-
-    return loop.run(dlm, ids, gen_length, decoder.block_length, decoder.rule, decoder.forwarder,
-                    loop.Sampler(), "bench")
 
 
 def tokens_forwarded(stats: dict) -> int:
@@ -189,14 +185,13 @@ def score(settings: list[Setting], prompt_ids, dlm, judge, config, dataset, prom
     bootstrap = Bootstrap()
     ones = [1.0] * len(prompt_ids)
     twins = {twin_key(s): s for s in settings if s.options.get("cache") == "none"}
+    prompt_texts = [dlm.tokenizer.decode(p) for p in prompt_ids]
     rows = []
     for s in settings:
-        outputs = [padded(o, eos, length) for o in s.outputs]
-        texts = [dlm.tokenizer.decode(o[:o.index(eos)] if eos in o else o) for o in outputs]
-        cut = [o[:o.index(eos)] if eos in o else o for o in outputs]
+        cut = [o[:o.index(eos)] if eos in o else list(o) for o in s.outputs]
+        texts = [dlm.tokenizer.decode(o) for o in cut]
         nats = sum(judge_nats(judge, p, o) for p, o in zip(prompt_ids, cut))
         nbytes = sum(len(t.encode("utf-8")) for t in texts)
-        prompt_texts = [dlm.tokenizer.decode(p) for p in prompt_ids]
         forwards = sum(st["target_forwards"] for st in s.stats)
         row = {
             "label": s.label, "method": s.method, "options": s.options, "family": s.family,
@@ -214,7 +209,7 @@ def score(settings: list[Setting], prompt_ids, dlm, judge, config, dataset, prom
             "judge_bits_per_byte": nats / math.log(2) / nbytes if nbytes else None,
             "parse_rate": sum(parses(p + t) for p, t in zip(prompt_texts, texts)) / len(texts),
             "eos_stops": sum(st.get("finish_reason") == "eos" for st in s.stats),
-            "outputs": [o[:o.index(eos)] if eos in o else o for o in outputs],
+            "outputs": cut,
         }
         twin = twins.get(twin_key(s))
         if twin is not None and twin is not s:
