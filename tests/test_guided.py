@@ -270,11 +270,15 @@ def test_adaptive_sps_treats_a_chain_the_guide_cut_as_rejected(llama, monkeypatc
     assert gammas and max(gammas) <= 5, gammas
 
 
-def test_guided_generations_leave_token_recyclings_size_search_alone(llama):
+def test_guided_generations_leave_token_recyclings_size_search_alone(llama, monkeypatch,
+                                                                     tmp_path):
     """A guide cuts drafts, so guided steps must not teach tree_size=auto (it is stored per model
     and would carry into unguided generations)."""
     from tokenforge.decoding.api import make_drafter
 
+    # a store of its own: an earlier test in this process may have stored an exploration of the
+    # same model, which this drafter would carry on from
+    monkeypatch.setenv("TOKENFORGE_CACHE_DIR", str(tmp_path))
     target, _, cases, _, _ = llama
     drafter = make_drafter(target, "token-recycling")
     tokenforge.generate(target, cases[0], drafter=drafter, max_new_tokens=24,
