@@ -84,9 +84,12 @@ def test_more_mistakes_in_process(monkeypatch, capsys, args, words):
 
 def test_ctrl_c_exits_130_with_one_line():
     # The demo model repeats itself here rather than stop: 900 tokens take seconds.
+    # The child starts with SIGINT at its default: a process that ignores SIGINT passes that on
+    # to its children, and a test worker can end up ignoring it (a library earlier in the run).
     proc = subprocess.Popen([*COMMAND, "generate", "--model", "demo", "--device", "cpu",
                              "--max-new-tokens", "900", "--no-stats", "def parse_args(argv):"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         started = proc.stdout.read1(4096)  # the prompt, flushed with the first new text
         assert started.startswith(b"def parse_args(argv):"), (started, proc.stderr.read())
