@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenforge.decoding.registry import Registry, option, require_positive
-from tokenforge.dllm.loop import Forwarder, Rule
+from tokenforge.dllm.loop import FORWARDERS, Forwarder, Rule
+from tokenforge.errors import InvalidOptionError
 
 DIFFUSION = Registry(("tokenforge.dllm.decoders",), "diffusion decoding")
 register = DIFFUSION.register
@@ -35,6 +36,19 @@ class BlockOptions:
 
     def __post_init__(self):
         require_positive(block_length=self.block_length)
+
+
+@dataclass(frozen=True)
+class CacheOptions(BlockOptions):
+    """Block length plus Fast-dLLM's KV cache, for the decoders that take it."""
+
+    cache: str = option("dual", "KV cache: none, prefix or dual", choices=tuple(FORWARDERS))
+
+
+def check_probability(name: str, **values) -> None:
+    for key, value in values.items():
+        if not 0.0 < value <= 1.0:
+            raise InvalidOptionError(f"{name}: option '{key}' must lie in (0, 1], got {value}")
 
 
 @dataclass

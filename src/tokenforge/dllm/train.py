@@ -100,7 +100,6 @@ def training_masks(batch: int, length: int, prefix_share: float,
     return t, maskable
 
 
-@torch.no_grad()
 def heldout_windows(stream: np.ndarray, length: int, count: int) -> torch.Tensor:
     n = min(count, (len(stream) - 1) // length)
     starts = np.linspace(0, len(stream) - length - 1, n).astype(int)

@@ -33,10 +33,10 @@ from functools import partial
 import torch
 
 from tokenforge.decoding.registry import Method, option
-from tokenforge.dllm.decoders.fast_dllm import ThresholdRule, check_probability
+from tokenforge.dllm.decoders.fast_dllm import ThresholdRule
 from tokenforge.dllm.loop import Forwarder
 from tokenforge.dllm.model import KVCache
-from tokenforge.dllm.registry import BlockOptions, Decoder, register
+from tokenforge.dllm.registry import BlockOptions, Decoder, check_probability, register
 
 
 @dataclass(frozen=True)

@@ -22,20 +22,12 @@ from dataclasses import dataclass
 
 from tokenforge.decoding.registry import Method, option
 from tokenforge.dllm.loop import FORWARDERS, BlockView, Rule
-from tokenforge.dllm.registry import BlockOptions, Decoder, register
-from tokenforge.errors import InvalidOptionError
-
-
-def check_probability(name: str, **values) -> None:
-    for key, value in values.items():
-        if not 0.0 < value <= 1.0:
-            raise InvalidOptionError(f"{name}: option '{key}' must lie in (0, 1], got {value}")
+from tokenforge.dllm.registry import CacheOptions, Decoder, check_probability, register
 
 
 @dataclass(frozen=True)
-class FastDLLMOptions(BlockOptions):
+class FastDLLMOptions(CacheOptions):
     threshold: float = option(0.9, "commit every mask whose confidence is at least this")
-    cache: str = option("dual", "KV cache: none, prefix or dual", choices=tuple(FORWARDERS))
 
     def __post_init__(self):
         super().__post_init__()

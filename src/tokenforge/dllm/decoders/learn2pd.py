@@ -41,9 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from tokenforge.decoding.registry import Method, option
-from tokenforge.dllm.decoders.fast_dllm import check_probability
 from tokenforge.dllm.loop import FORWARDERS, BlockView, Canvas, Rule
-from tokenforge.dllm.registry import BlockOptions, Decoder, register
+from tokenforge.dllm.registry import CacheOptions, Decoder, check_probability, register
 from tokenforge.errors import InvalidOptionError
 from tokenforge.models.load import DEMO_DIR
 
@@ -90,10 +89,9 @@ def load_filter(path: str | Path) -> Filter:
 
 
 @dataclass(frozen=True)
-class Learn2PDOptions(BlockOptions):
+class Learn2PDOptions(CacheOptions):
     threshold: float = option(0.9, "commit every mask whose filter score is at least this")
     filter: str = option("", "the filter's .safetensors (empty: the one bundled with demo-dllm)")
-    cache: str = option("dual", "KV cache: none, prefix or dual", choices=tuple(FORWARDERS))
     end_of_text: bool = option(True, "stop once an EOS is committed (End-of-Text Prediction)")
 
     def __post_init__(self):
@@ -131,34 +129,42 @@ register(Method("learn2pd", "Learn2PD, Learning to Parallel, arXiv 2509.25188",
 
 # --- training the filter --------------------------------------------------------------------
 
-@torch.no_grad()
+class OracleRule(Rule):
+    """The oracle Learn2PD imitates: commit every mask whose prediction already is the reference's
+    final token (when none is, the loop commits the most confident mask, with the reference's
+    token), recording each step's features and labels."""
+
+    def __init__(self, reference: list[int]):
+        self.reference = torch.tensor(reference)
+        self.xs: list[torch.Tensor] = []
+        self.ys: list[torch.Tensor] = []
+
+    def begin(self, dlm, canvas, block_length):
+        self.offset = canvas.prompt_len
+
+    def select(self, view: BlockView):
+        first = view.start - self.offset
+        target = self.reference[first:first + len(view.masked)]
+        right = (view.logits.argmax(-1) == target) & view.masked
+        self.xs.append(features(view.logits, view.masked)[view.masked])
+        self.ys.append(right[view.masked].float())
+        return target, right
+
+
 def oracle_trace(dlm, prompt_ids: list[int], gen_length: int, block_length: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels (prediction == the reference's final token) of every masked position
-    at every step of the oracle's decoding of one prompt."""
+    at every step of the oracle's decoding of one prompt; the reference is `llada` at one token
+    per step."""
     from tokenforge.dllm import loop
     from tokenforge.dllm.decoders.llada import TopKRule
 
     reference = loop.run(dlm, prompt_ids, gen_length, block_length, TopKRule(1, False),
                          loop.FullForward, loop.Sampler(), "llada").canvas
-    target = torch.tensor(reference)
-    ids = torch.tensor(list(prompt_ids) + [dlm.mask_id] * gen_length)
-    n0 = len(prompt_ids)
-    xs, ys = [], []
-    for start in range(n0, len(ids), block_length):
-        stop = min(start + block_length, len(ids))
-        while (ids[start:stop] == dlm.mask_id).any():
-            logits, _ = dlm.predict(ids, start, stop)
-            masked = ids[start:stop] == dlm.mask_id
-            right = (logits.argmax(-1) == target[start - n0:stop - n0]) & masked
-            xs.append(features(logits, masked)[masked])
-            ys.append(right[masked].float())
-            if not right.any():
-                confidence = torch.softmax(logits, -1).amax(-1).masked_fill(~masked, -1)
-                right = torch.zeros_like(masked)
-                right[confidence.argmax()] = True
-            ids[start:stop][right] = target[start - n0:stop - n0][right]
-    return torch.cat(xs), torch.cat(ys)
+    oracle = OracleRule(reference)
+    loop.run(dlm, prompt_ids, gen_length, block_length, oracle, loop.FullForward, loop.Sampler(),
+             "oracle")
+    return torch.cat(oracle.xs), torch.cat(oracle.ys)
 
 
 def training_prompts(tokenizer, count: int, budget: int) -> list[list[int]]:

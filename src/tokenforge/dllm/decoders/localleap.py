@@ -22,18 +22,16 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from tokenforge.decoding.registry import Method, option, require_positive
-from tokenforge.dllm.decoders.fast_dllm import check_probability
 from tokenforge.dllm.loop import FORWARDERS, BlockView, Rule
-from tokenforge.dllm.registry import BlockOptions, Decoder, register
+from tokenforge.dllm.registry import CacheOptions, Decoder, check_probability, register
 from tokenforge.errors import InvalidOptionError
 
 
 @dataclass(frozen=True)
-class LocalLeapOptions(BlockOptions):
+class LocalLeapOptions(CacheOptions):
     anchor: float = option(0.9, "confidence that makes a masked position an anchor")
     relaxed: float = option(0.75, "threshold for positions within `radius` of an anchor")
     radius: int = option(4, "how far from an anchor the relaxed threshold applies")
-    cache: str = option("dual", "KV cache: none, prefix or dual", choices=tuple(FORWARDERS))
 
     def __post_init__(self):
         super().__post_init__()
