@@ -224,8 +224,7 @@ def test_elastic_cache_refreshes_only_on_drift():
     tight = diffuse(model, PROMPT, "elastic-cache", gen_length=16, block_length=16, gamma=0.999)
     refreshes = tight.stats.extra["refreshes"]
     assert 0 < refreshes < tight.stats.target_forwards
-    assert tight.stats.full_forwards == 1  # a refresh skips the layers below the drift
-    assert 0 < tight.stats.extra["refreshed_layers"] <= 6 * refreshes
+    assert 0 < tight.stats.extra["refreshed_layers"] < 6 * refreshes  # some kept shallow layers
 
 
 def constant_filter(path, logit: float) -> str:
@@ -305,6 +304,23 @@ def test_credit_lifts_a_prediction_that_stays_until_it_passes_the_threshold():
     assert not plain.select(view_of([0.8]))[1][0]
     rule.select(view_of([0.8], start=40))  # a new block starts with no credit
     assert not rule.select(view_of([0.8], start=80))[1][0]
+
+
+def test_a_reused_decoder_starts_each_generation_afresh(tiny):
+    """Rules keep state (a random generator, credits): reusing a decoder, as the bench does,
+    must give what a fresh one gives."""
+    from tokenforge.dllm.decoders.credit import CreditOptions, CreditRule
+
+    decoder = make_decoder("llada", block_length=16, remasking="random")
+    first = diffuse(tiny, PROMPT, "llada", gen_length=16, decoder=decoder)
+    again = diffuse(tiny, PROMPT, "llada", gen_length=16, decoder=decoder)
+    fresh = diffuse(tiny, PROMPT, "llada", gen_length=16, block_length=16, remasking="random")
+    assert first.canvas == again.canvas == fresh.canvas
+    rule = CreditRule(CreditOptions())
+    for step in range(3):  # the third step commits on credit
+        rule.select(view_of([0.8], step=step))
+    rule.begin(None, None, 32)  # a new generation whose first block starts where this one did
+    assert not rule.select(view_of([0.8]))[1][0]
 
 
 def test_localleap_relaxes_the_threshold_near_anchors_only():

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from tokenforge.decoding.registry import Method, option
-from tokenforge.dllm.decoders.fast_dllm import FastDLLMOptions, check_probability
+from tokenforge.dllm.decoders.fast_dllm import FastDLLMOptions
 from tokenforge.dllm.loop import FORWARDERS, BlockView, Rule
-from tokenforge.dllm.registry import Decoder, register
+from tokenforge.dllm.registry import Decoder, check_probability, register
 from tokenforge.errors import InvalidOptionError
 
 
@@ -50,9 +50,12 @@ class CreditRule(Rule):
         self.credit: torch.Tensor | None = None
         self.block_start = -1
 
+    def begin(self, dlm, canvas, block_length):
+        self.credit, self.block_start = None, -1
+
     def select(self, view: BlockView):
         o = self.opts
-        if view.start != self.block_start or self.credit is None:
+        if view.start != self.block_start:  # a new block starts with no credit
             self.credit = torch.zeros_like(view.logits)
             self.block_start = view.start
         tokens, confidence = view.proposals()

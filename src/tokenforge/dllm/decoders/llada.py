@@ -38,8 +38,11 @@ class LLaDAOptions(BlockOptions):
 
 class TopKRule(Rule):
     def __init__(self, k: int, random_order: bool, seed: int = 0):
-        self.k, self.random_order = k, random_order
-        self.gen = torch.Generator().manual_seed(seed)
+        self.k, self.random_order, self.seed = k, random_order, seed
+        self.gen = torch.Generator()
+
+    def begin(self, dlm, canvas, block_length):
+        self.gen.manual_seed(self.seed)  # the same random order for the same canvas
 
     def select(self, view: BlockView):
         tokens, confidence = view.proposals()
