@@ -220,9 +220,9 @@ def run(dlm: DiffusionLM, prompt_ids: list[int], gen_length: int, block_length: 
     for start in range(canvas.prompt_len, canvas.end, block_length):
         stop = min(start + block_length, canvas.end)
         step = 0
-        while canvas.masked(start, stop).any():
+        masked = canvas.masked(start, stop)
+        while masked.any():
             logits = forward.block_logits(canvas, start, stop, step)
-            masked = canvas.masked(start, stop)
             tokens, commit = rule.select(BlockView(logits, masked, start, step, canvas, sampler))
             commit = commit & masked
             if not commit.any():  # every step fills at least one position
@@ -235,6 +235,7 @@ def run(dlm: DiffusionLM, prompt_ids: list[int], gen_length: int, block_length: 
             if rule.finished(canvas):
                 stats.finish_reason = "eos"
                 canvas.ids[canvas.ids == dlm.mask_id] = dlm.eos_id
+            masked = canvas.masked(start, stop)
         if stats.finish_reason == "eos":
             break
     canvas_ids = canvas.ids[canvas.prompt_len:].tolist()
